@@ -1,0 +1,411 @@
+//! `finetune`: every experiment of the fine-tuning chapter from the command line.
+
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use transfer_workbook::data::{hotdog, ImageFolder};
+use transfer_workbook::models::weights::{read_safetensors_metadata, read_tensors};
+use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
+use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction};
+use transfer_workbook::transforms::Pipeline;
+use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
+
+#[derive(Parser)]
+#[command(name = "finetune", version, about = "Fine-tuning pretrained CNNs with Candle: the d2l.ai hot-dog chapter and the Keras two-phase recipe")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// d2l 13.2: fine-tune a pretrained backbone (SGD, lr 5e-5 on the summed loss, head 10x).
+    Finetune(TrainArgs),
+    /// d2l 13.2: the same network from random weights (lr 5e-4, one learning rate).
+    Scratch(TrainArgs),
+    /// Train the head only, backbone frozen (feature extraction).
+    Freeze(TrainArgs),
+    /// The Keras recipe: head first (Adam 1e-3, backbone frozen), then the top blocks at 1e-5.
+    TwoPhase(TwoPhaseArgs),
+    /// Classify images: top-k classes with names.
+    Predict(PredictArgs),
+    /// The model's head, its parameter counts and its freezable blocks.
+    Info(InfoArgs),
+    /// The first 8 images of the first class and the last 8 of the last, as one PNG grid.
+    Peek(PeekArgs),
+    /// Download and unpack the d2l hot-dog data set (SHA-1 checked).
+    Download(DownloadArgs),
+}
+
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// Data folder with train/<class>/ and test/<class>/ (default: download d2l's hotdog.zip).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value = "resnet18")]
+    backbone: String,
+    /// Pretrained weights: a .safetensors or .pth file, or hf:owner/repo[/file] (default: the backbone's hub weights).
+    #[arg(long)]
+    weights: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Output folder (default: runs/<command>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue from OUT/checkpoint if a previous run left one.
+    #[arg(long)]
+    resume: bool,
+    /// Use only the first N images of each class (quick runs).
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Where downloads (data, hub weights) are cached.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    /// Backbone learning rate (default: the recipe's).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Head learning rate = lr x this (default: the recipe's).
+    #[arg(long)]
+    head_lr_mult: Option<f64>,
+    /// sgd, adam or adamw.
+    #[arg(long)]
+    optimizer: Option<String>,
+    #[arg(long)]
+    momentum: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// sum (d2l) or mean.
+    #[arg(long)]
+    loss: Option<Reduction>,
+    /// none, backbone, or a block name: freeze every block below it (e.g. layer3).
+    #[arg(long)]
+    freeze: Option<Freeze>,
+    /// BatchNorm while training: train (batch statistics) or frozen (running statistics).
+    #[arg(long)]
+    bn: Option<BnMode>,
+    /// Stop after this many epochs without test-loss improvement, keeping the best weights.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// d2l (RandomResizedCrop) or keras (resize + random crop).
+    #[arg(long, default_value = "d2l")]
+    augment: String,
+}
+
+#[derive(Args, Clone)]
+struct TwoPhaseArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, default_value_t = 10)]
+    head_epochs: usize,
+    #[arg(long, default_value_t = 10)]
+    fine_epochs: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    head_lr: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    fine_lr: f64,
+    /// First block to unfreeze in phase 2 (default: the backbone's top ~30%).
+    #[arg(long)]
+    unfreeze_from: Option<String>,
+    #[arg(long, default_value_t = 3)]
+    patience: usize,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// Image files to classify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// A model.safetensors written by a training command, or pretrained ImageNet weights.
+    #[arg(long)]
+    weights: Option<String>,
+    /// Needed when the weights file does not name it.
+    #[arg(long)]
+    backbone: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[arg(long, default_value = "resnet18")]
+    backbone: String,
+    /// Pretrained weights to inspect (default: random weights, same shapes).
+    #[arg(long)]
+    weights: Option<String>,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PeekArgs {
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Which split to show.
+    #[arg(long, default_value = "train")]
+    split: String,
+    #[arg(long, default_value = "runs/peek.png")]
+    out: PathBuf,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+fn default_cache() -> PathBuf {
+    PathBuf::from(".cache")
+}
+
+fn data_dir(data: &Option<PathBuf>, cache: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match data {
+        Some(d) => Ok(d.clone()),
+        None => {
+            let cache = cache.clone().unwrap_or_else(default_cache).join("data");
+            hotdog(&cache).context("getting the d2l hot-dog data (pass --data DIR to use a local copy)")
+        }
+    }
+}
+
+fn weights_source(arch: Arch, weights: &Option<String>) -> WeightsSource {
+    weights.as_deref().map(WeightsSource::parse).unwrap_or_else(|| arch.hub_weights())
+}
+
+fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> anyhow::Result<OptimizerKind> {
+    let name = a.optimizer.clone().unwrap_or_else(|| base.name().to_string());
+    let (base_m, base_wd) = match base {
+        OptimizerKind::Sgd { momentum, weight_decay } => (*momentum, *weight_decay),
+        OptimizerKind::AdamW { weight_decay, .. } => (0.0, *weight_decay),
+    };
+    let wd = a.weight_decay.unwrap_or(base_wd);
+    Ok(match name.as_str() {
+        "sgd" => OptimizerKind::sgd(a.momentum.unwrap_or(base_m), wd),
+        "adam" => OptimizerKind::adamw(a.weight_decay.unwrap_or(0.0)),
+        "adamw" => OptimizerKind::adamw(wd),
+        other => bail!("unknown optimizer '{other}' (expected sgd, adam or adamw)"),
+    })
+}
+
+fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
+    let arch = Arch::from_name(&common.backbone)?;
+    let device = parse_device(&common.device)?;
+    if common.batch_size == 0 || common.image_size < 32 {
+        bail!("--batch-size must be at least 1 and --image-size at least 32");
+    }
+    Ok(Experiment {
+        title: format!("{command}: {arch}, {}px", common.image_size),
+        data: data_dir(&common.data, &common.cache_dir)?,
+        arch,
+        init,
+        phases,
+        batch_size: common.batch_size,
+        image_size: common.image_size,
+        augment,
+        seed: common.seed,
+        device,
+        out: Some(common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command))),
+        resume: common.resume,
+        progress: !common.quiet,
+        limit_per_class: common.limit_per_class,
+        cache_dir: common.cache_dir.as_ref().map(|c| c.join("hub")),
+    })
+}
+
+fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
+    let label = device_label(&exp.device);
+    let result = fine_tune(&exp)?;
+    if let Some(out) = &exp.out {
+        eprintln!("wrote {}/{{history.json, curves.png, curves.svg, model.safetensors}}", out.display());
+    }
+    println!("{}", result.history.summary_lines(&label));
+    Ok(())
+}
+
+fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
+    let arch = Arch::from_name(&a.common.backbone)?;
+    let (base, init) = match command {
+        "scratch" => (recipes::d2l_scratch(a.epochs), ModelInit::Scratch),
+        "freeze" => (recipes::d2l_freeze(a.epochs), ModelInit::Pretrained(weights_source(arch, &a.common.weights))),
+        _ => (recipes::d2l_finetune(a.epochs), ModelInit::Pretrained(weights_source(arch, &a.common.weights))),
+    };
+    let phase = PhaseConfig {
+        optimizer: optimizer_from(&a, &base.optimizer)?,
+        lr: a.lr.unwrap_or(base.lr),
+        head_lr_mult: a.head_lr_mult.unwrap_or(base.head_lr_mult),
+        reduction: a.loss.unwrap_or(base.reduction),
+        freeze: a.freeze.clone().unwrap_or(base.freeze.clone()),
+        bn_mode: a.bn.unwrap_or(base.bn_mode),
+        early_stopping: a.patience.map(|p| EarlyStopping { patience: p, min_delta: 0.0 }),
+        ..base
+    };
+    let augment = match a.augment.as_str() {
+        "d2l" => Augment::D2l,
+        "keras" => Augment::Keras,
+        other => bail!("unknown augmentation '{other}' (expected d2l or keras)"),
+    };
+    run_experiment(experiment(&a.common, command, init, vec![phase], augment)?)
+}
+
+fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
+    let arch = Arch::from_name(&a.common.backbone)?;
+    let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
+    phases[0].lr = a.head_lr;
+    phases[1].lr = a.fine_lr;
+    // Fail on a bad block name now, not after phase 1.
+    phases[1].freeze.predicate(arch)?;
+    let init = ModelInit::Pretrained(weights_source(arch, &a.common.weights));
+    run_experiment(experiment(&a.common, "two-phase", init, phases, Augment::Keras)?)
+}
+
+/// A model for inference: a run's model.safetensors (backbone and classes in its metadata),
+/// or pretrained weights with their ImageNet head.
+fn load_for_inference(weights: &WeightsSource, backbone: Option<&str>, device: &Device, cache: Option<&Path>) -> anyhow::Result<Classifier> {
+    let path = weights.resolve(cache)?;
+    let meta = if path.extension().is_some_and(|e| e == "safetensors") { read_safetensors_metadata(&path)? } else { Default::default() };
+    let arch = match (backbone, meta.get("backbone")) {
+        (Some(b), _) => Arch::from_name(b)?,
+        (None, Some(b)) => Arch::from_name(b)?,
+        (None, None) => bail!("{} does not name its backbone: pass --backbone", path.display()),
+    };
+    let class_names: Vec<String> = match meta.get("classes") {
+        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: bad 'classes' metadata", path.display()))?,
+        None => transfer_workbook::imagenet::class_names(),
+    };
+    let tensors = read_tensors(&path)?;
+    let opts = ModelOptions { arch, class_names, head_init: HeadInit::ImageNet, freeze: Freeze::Nothing, bn_mode: BnMode::Frozen, seed: 0 };
+    Classifier::pretrained(&opts, Arc::new(tensors), &path.display().to_string(), device)
+}
+
+fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    let arch_hint = a.backbone.as_deref().map(Arch::from_name).transpose()?;
+    let source = match (&a.weights, arch_hint) {
+        (Some(w), _) => WeightsSource::parse(w),
+        (None, Some(arch)) => arch.hub_weights(),
+        (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
+    };
+    let model = load_for_inference(&source, a.backbone.as_deref(), &device, a.cache_dir.as_deref())?;
+    let pipeline = Pipeline::d2l_test(a.image_size, model.arch.normalization());
+    for path in &a.images {
+        let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
+        let x = pipeline.apply(&img, &mut rand::thread_rng())?;
+        let s = a.image_size as usize;
+        let x = Tensor::from_vec(x, (1, 3, s, s), &Device::Cpu)?.to_device(&device)?;
+        let probs = candle_nn::ops::softmax(&model.forward_t(&x, false)?, 1)?.squeeze(0)?.to_vec1::<f32>()?;
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+        println!("{}:", path.display());
+        for &i in order.iter().take(a.top_k) {
+            println!("  {:6.2}%  {:>4}  {}", probs[i] * 100.0, i, model.class_names[i]);
+        }
+    }
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> anyhow::Result<()> {
+    let arch = Arch::from_name(&a.backbone)?;
+    let model = match &a.weights {
+        Some(w) => load_for_inference(&WeightsSource::parse(w), Some(&a.backbone), &Device::Cpu, a.cache_dir.as_deref())?,
+        None => {
+            let opts = ModelOptions {
+                arch,
+                class_names: transfer_workbook::imagenet::class_names(),
+                head_init: HeadInit::Xavier,
+                freeze: Freeze::Nothing,
+                bn_mode: BnMode::Train,
+                seed: 0,
+            };
+            Classifier::scratch(&opts, &Device::Cpu)?
+        }
+    };
+    println!("backbone: {arch} (normalization {:?})", arch.normalization());
+    println!("{}: {}", arch.head_prefix(), model.head_description());
+    let (total, _) = model.parameter_counts();
+    println!("parameters: {total}");
+    for freeze in [Freeze::Nothing, Freeze::Below(arch.default_unfreeze_from()), Freeze::Backbone] {
+        let m = model.rebuild(freeze.clone(), BnMode::Train)?;
+        let (_, trainable) = m.parameter_counts();
+        println!("trainable with --freeze {:<10} {trainable}", freeze_label(&freeze));
+    }
+    println!("blocks (input side first): {}", arch.blocks().join(", "));
+    Ok(())
+}
+
+fn freeze_label(f: &Freeze) -> String {
+    match f {
+        Freeze::Nothing => "none".into(),
+        Freeze::Backbone => "backbone".into(),
+        Freeze::Below(b) => b.clone(),
+    }
+}
+
+fn peek(a: PeekArgs) -> anyhow::Result<()> {
+    let dir = data_dir(&a.data, &a.cache_dir)?;
+    let ds = ImageFolder::load(dir.join(&a.split))?;
+    eprintln!("{}", ds.summary());
+    if let Some(parent) = a.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    transfer_workbook::plot::save_peek(&ds, &a.out)?;
+    println!("wrote {} (top: first 8 of '{}', bottom: last 8 of '{}')", a.out.display(), ds.classes[0], ds.classes[ds.classes.len() - 1]);
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole context chain, one cause per line, no backtrace: these are user errors.
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Finetune(a) => train_command(a, "finetune"),
+        Command::Scratch(a) => train_command(a, "scratch"),
+        Command::Freeze(a) => train_command(a, "freeze"),
+        Command::TwoPhase(a) => two_phase(a),
+        Command::Predict(a) => predict(a),
+        Command::Info(a) => info(a),
+        Command::Peek(a) => peek(a),
+        Command::Download(a) => {
+            let dir = hotdog(&a.cache_dir.unwrap_or_else(default_cache).join("data"))?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
+}

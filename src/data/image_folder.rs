@@ -1,0 +1,190 @@
+//! torchvision `ImageFolder` semantics: `root/<class>/<image>`, classes are the sorted
+//! sub-folder names. Images are decoded once (in parallel) and kept in memory. A file that
+//! cannot be decoded is skipped with a warning and counted, never a crash.
+
+use anyhow::{bail, Context};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"];
+
+/// A file left out of the dataset, and why.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct ImageFolder {
+    pub root: PathBuf,
+    pub classes: Vec<String>,
+    pub images: Vec<Arc<RgbImage>>,
+    pub labels: Vec<u32>,
+    pub paths: Vec<PathBuf>,
+    pub skipped: Vec<Skipped>,
+}
+
+fn has_image_extension(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Sorted class sub-folders of `root`; a clear error when there are none.
+pub fn class_folders(root: &Path) -> anyhow::Result<Vec<String>> {
+    if !root.is_dir() {
+        bail!("data folder {} does not exist (expected {}/<class>/<image files>)", root.display(), root.display());
+    }
+    let mut classes = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.starts_with('.') {
+                classes.push(name);
+            }
+        }
+    }
+    classes.sort();
+    if classes.is_empty() {
+        bail!("{} has no class sub-folders (expected {}/<class>/<image files>)", root.display(), root.display());
+    }
+    Ok(classes)
+}
+
+impl ImageFolder {
+    /// Load `root/<class>/*`, classes found from the folder names.
+    pub fn load(root: impl AsRef<Path>) -> anyhow::Result<Self> {
+        let root = root.as_ref();
+        let classes = class_folders(root)?;
+        Self::load_classes(root, &classes)
+    }
+
+    /// Load with a given class list (a test split must use the training split's classes).
+    pub fn load_classes(root: impl AsRef<Path>, classes: &[String]) -> anyhow::Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let found = class_folders(&root)?;
+        if found != classes {
+            bail!("{} has classes {:?}, expected {:?} (as in the training data)", root.display(), found, classes);
+        }
+        let mut files: Vec<(PathBuf, u32)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("reading class folder {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            let before = files.len();
+            for p in entries {
+                if has_image_extension(&p) {
+                    files.push((p, label as u32));
+                } else {
+                    skipped.push(Skipped { path: p, reason: "not an image file".into() });
+                }
+            }
+            if files.len() == before {
+                bail!("class folder {} has no image files", dir.display());
+            }
+        }
+
+        let bar = ProgressBar::new(files.len() as u64).with_message(format!("decoding {}", root.display()));
+        bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        let decoded: Vec<Result<RgbImage, String>> = files
+            .par_iter()
+            .map(|(p, _)| {
+                let r = image::open(p).map(|i| i.to_rgb8()).map_err(|e| e.to_string());
+                bar.inc(1);
+                r
+            })
+            .collect();
+        bar.finish_and_clear();
+
+        let mut ds = Self { root, classes: classes.to_vec(), images: vec![], labels: vec![], paths: vec![], skipped };
+        for ((path, label), img) in files.into_iter().zip(decoded) {
+            match img {
+                Ok(img) => {
+                    ds.images.push(Arc::new(img));
+                    ds.labels.push(label);
+                    ds.paths.push(path);
+                }
+                Err(e) => {
+                    eprintln!("warning: skipping {}: cannot decode ({e})", path.display());
+                    ds.skipped.push(Skipped { path, reason: format!("cannot decode: {e}") });
+                }
+            }
+        }
+        for (label, class) in ds.classes.iter().enumerate() {
+            if !ds.labels.contains(&(label as u32)) {
+                bail!("class folder {} has no readable images", ds.root.join(class).display());
+            }
+        }
+        Ok(ds)
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Images per class, in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.classes.len()];
+        for &l in &self.labels {
+            c[l as usize] += 1;
+        }
+        c
+    }
+
+    /// One line: images per class and what was skipped.
+    pub fn summary(&self) -> String {
+        let counts: Vec<String> = self.classes.iter().zip(self.class_counts()).map(|(c, n)| format!("{c} {n}")).collect();
+        let mut s = format!("{}: {} images ({})", self.root.display(), self.len(), counts.join(", "));
+        if !self.skipped.is_empty() {
+            s.push_str(&format!(", {} files skipped", self.skipped.len()));
+        }
+        s
+    }
+
+    /// A subset by indices (for quick runs and splits).
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        Self {
+            root: self.root.clone(),
+            classes: self.classes.clone(),
+            images: indices.iter().map(|&i| self.images[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            paths: indices.iter().map(|&i| self.paths[i].clone()).collect(),
+            skipped: vec![],
+        }
+    }
+
+    /// At most `n` images of each class, the first ones in file order.
+    pub fn take_per_class(&self, n: usize) -> Self {
+        let mut seen = vec![0usize; self.classes.len()];
+        let idx: Vec<usize> = (0..self.len())
+            .filter(|&i| {
+                let l = self.labels[i] as usize;
+                seen[l] += 1;
+                seen[l] <= n
+            })
+            .collect();
+        self.subset(&idx)
+    }
+}
+
+/// `DIR/train` and `DIR/test` of a d2l-style dataset, with the same classes.
+pub fn load_train_test(dir: &Path) -> anyhow::Result<(ImageFolder, ImageFolder)> {
+    let train = ImageFolder::load(dir.join("train")).with_context(|| format!("loading the training split of {}", dir.display()))?;
+    let test = ImageFolder::load_classes(dir.join("test"), &train.classes)
+        .with_context(|| format!("loading the test split of {}", dir.display()))?;
+    Ok((train, test))
+}

@@ -1,0 +1,198 @@
+//! A backbone plus a linear head, each in its own parameter store.
+
+use super::store::{xavier_uniform, FreezeFn, ParamStore, Pretrained};
+use super::{Arch, BnMode, Builder, FeatureExtractor};
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::{Init, Linear};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which part of the backbone is frozen (no gradients, no optimizer updates).
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freeze {
+    /// Everything trains (d2l's fine-tuning).
+    #[default]
+    Nothing,
+    /// Only the head trains (feature extraction).
+    Backbone,
+    /// Every block before the named one is frozen, e.g. `Below("layer3")` trains layer3, layer4, head.
+    Below(String),
+}
+
+impl std::str::FromStr for Freeze {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "none" | "nothing" => Freeze::Nothing,
+            "backbone" | "all" => Freeze::Backbone,
+            block => Freeze::Below(block.to_string()),
+        })
+    }
+}
+
+impl Freeze {
+    /// The predicate over backbone tensor names for `arch`.
+    pub fn predicate(&self, arch: Arch) -> anyhow::Result<FreezeFn> {
+        Ok(match self {
+            Freeze::Nothing => Arc::new(|_: &str| false),
+            Freeze::Backbone => Arc::new(|_: &str| true),
+            Freeze::Below(block) => {
+                let blocks = arch.blocks();
+                let Some(cut) = blocks.iter().position(|b| b == block) else {
+                    bail!("{arch} has no block '{block}' to freeze below (blocks: {})", blocks.join(", "))
+                };
+                let frozen: Vec<String> = blocks[..cut].to_vec();
+                Arc::new(move |name: &str| frozen.contains(&arch.block_of(name)))
+            }
+        })
+    }
+}
+
+/// How the new head starts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeadInit {
+    /// Xavier-uniform weights, PyTorch-default bias (d2l's `nn.init.xavier_uniform_`).
+    Xavier,
+    /// The pretrained ImageNet head, kept whole (1000 classes).
+    ImageNet,
+}
+
+/// Everything needed to build a classifier.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    pub arch: Arch,
+    pub class_names: Vec<String>,
+    pub head_init: HeadInit,
+    pub freeze: Freeze,
+    pub bn_mode: BnMode,
+    pub seed: u64,
+}
+
+pub struct Classifier {
+    pub arch: Arch,
+    pub class_names: Vec<String>,
+    pub backbone_store: ParamStore,
+    pub head_store: ParamStore,
+    pub freeze: Freeze,
+    pub bn_mode: BnMode,
+    frozen: FreezeFn,
+    features: Box<dyn FeatureExtractor>,
+    head: Linear,
+}
+
+fn head_init_bias(fan_in: usize) -> Init {
+    let b = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform { lo: -b, up: b }
+}
+
+impl Classifier {
+    /// Build from stores that already exist (or are filled lazily by the build).
+    pub fn from_stores(
+        arch: Arch,
+        class_names: Vec<String>,
+        backbone_store: ParamStore,
+        head_store: ParamStore,
+        freeze: Freeze,
+        bn_mode: BnMode,
+    ) -> anyhow::Result<Self> {
+        let frozen = freeze.predicate(arch)?;
+        let b = Builder { vb: backbone_store.builder(frozen.clone()), store: backbone_store.clone(), bn_mode };
+        let features = arch.build(&b).with_context(|| format!("building the {arch} backbone"))?;
+        let d = features.feature_dim();
+        let n = class_names.len();
+        if n == 0 {
+            bail!("a classifier needs at least one class");
+        }
+        let hb = head_store.builder(Arc::new(|_: &str| false)).pp(arch.head_prefix());
+        let w = hb.get_with_hints((n, d), "weight", xavier_uniform(d, n)).context("building the head")?;
+        let bias = hb.get_with_hints(n, "bias", head_init_bias(d)).context("building the head")?;
+        Ok(Self { arch, class_names, backbone_store, head_store, freeze, bn_mode, frozen, features, head: Linear::new(w, Some(bias)) })
+    }
+
+    /// A classifier with random weights everywhere (training from scratch).
+    pub fn scratch(opts: &ModelOptions, device: &Device) -> anyhow::Result<Self> {
+        let backbone = ParamStore::random(opts.seed.wrapping_add(1), DType::F32, device);
+        let head = ParamStore::random(opts.seed, DType::F32, device);
+        Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)
+    }
+
+    /// A classifier whose backbone comes from `tensors` and whose head is fresh or ImageNet's.
+    pub fn pretrained(opts: &ModelOptions, tensors: Arc<HashMap<String, Tensor>>, origin: &str, device: &Device) -> anyhow::Result<Self> {
+        let p = Pretrained { tensors, origin: origin.to_string(), rename: None };
+        let backbone = ParamStore::pretrained(p.clone(), DType::F32, device);
+        let head = match opts.head_init {
+            HeadInit::Xavier => ParamStore::random(opts.seed, DType::F32, device),
+            HeadInit::ImageNet => ParamStore::pretrained(p, DType::F32, device),
+        };
+        Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)
+    }
+
+    /// The same parameters under another freezing / BatchNorm regime (cheap: storage is shared).
+    pub fn rebuild(&self, freeze: Freeze, bn_mode: BnMode) -> anyhow::Result<Self> {
+        Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode)
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.backbone_store.device()
+    }
+
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.features.features_t(x, train)
+    }
+
+    /// Logits `[B, num_classes]`; `train` selects training behaviour (BatchNorm per `bn_mode`).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.head.forward(&self.features.features_t(x, train)?)
+    }
+
+    /// The head as PyTorch prints it.
+    pub fn head_description(&self) -> String {
+        let (n, d) = self.head.weight().dims2().unwrap_or((0, 0));
+        format!("Linear(in_features={d}, out_features={n}, bias=True)")
+    }
+
+    /// Trainable variables: (backbone, head), by name.
+    pub fn trainable(&self) -> (Vec<(String, Var)>, Vec<(String, Var)>) {
+        let none: FreezeFn = Arc::new(|_: &str| false);
+        (self.backbone_store.trainable(&self.frozen), self.head_store.trainable(&none))
+    }
+
+    /// (total parameters, trainable parameters), buffers excluded.
+    pub fn parameter_counts(&self) -> (usize, usize) {
+        let total = self.backbone_store.count(None) + self.head_store.count(None);
+        let trainable = self.backbone_store.count(Some(&self.frozen)) + self.head_store.count(None);
+        (total, trainable)
+    }
+
+    /// Every tensor, backbone and head, under its checkpoint name.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut m = HashMap::new();
+        for store in [&self.backbone_store, &self.head_store] {
+            for (k, v) in store.named_vars() {
+                m.insert(k, v.as_tensor().detach());
+            }
+        }
+        m
+    }
+
+    /// Overwrite every tensor from `state` (names as in [`Classifier::state`]).
+    pub fn load_state(&self, state: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        self.backbone_store.load_from(state, origin)?;
+        self.head_store.load_from(state, origin)
+    }
+
+    /// Save all tensors as safetensors, with the backbone name and class names as metadata.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert("backbone".to_string(), self.arch.name().to_string());
+        meta.insert("classes".to_string(), serde_json::to_string(&self.class_names)?);
+        super::weights::save_safetensors(&self.state(), meta, path)
+    }
+}

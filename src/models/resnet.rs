@@ -1,0 +1,150 @@
+//! ResNet-18/34/50 with torchvision's tensor names (`conv1`, `bn1`, `layer1.0.conv1`, ...,
+//! `layer2.0.downsample.0`), so stock checkpoints load as they are. The classifier `fc` is
+//! not part of this module: it lives in its own store (see `Classifier`).
+
+use super::batch_norm::BatchNorm;
+use super::builder::Builder;
+use super::pool::{global_avg_pool, max_pool2d};
+use super::store::KAIMING_FAN_OUT;
+use super::FeatureExtractor;
+use candle_core::{Module, ModuleT, Result, Tensor};
+use super::conv::Conv2d;
+
+/// Depth variants: blocks per stage, and whether blocks are bottlenecks (ResNet-50).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResNetConfig {
+    pub blocks: [usize; 4],
+    pub bottleneck: bool,
+}
+
+impl ResNetConfig {
+    pub const R18: Self = Self { blocks: [2, 2, 2, 2], bottleneck: false };
+    pub const R34: Self = Self { blocks: [3, 4, 6, 3], bottleneck: false };
+    pub const R50: Self = Self { blocks: [3, 4, 6, 3], bottleneck: true };
+
+    pub fn feature_dim(&self) -> usize {
+        if self.bottleneck {
+            2048
+        } else {
+            512
+        }
+    }
+}
+
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBn {
+    /// `conv{i}` + `bn{i}` of a block (or `downsample.0` + `downsample.1` via explicit names).
+    fn new(b: &Builder, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
+        Ok(Self {
+            conv: b.pp(conv).conv2d_no_bias(c_in, c_out, k, stride, k / 2, 1, KAIMING_FAN_OUT)?,
+            bn: BatchNorm::new(c_out, &b.pp(bn))?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.bn.forward_t(&self.conv.forward(x)?, train)
+    }
+}
+
+/// A basic block (two 3x3 convs) or a bottleneck (1x1, 3x3 with the stride, 1x1 expand x4).
+struct Block {
+    convs: Vec<ConvBn>,
+    downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(b: &Builder, c_in: usize, width: usize, stride: usize, bottleneck: bool) -> Result<Self> {
+        let (convs, c_out) = if bottleneck {
+            let out = width * 4;
+            (
+                vec![
+                    ConvBn::new(b, "conv1", "bn1", c_in, width, 1, 1)?,
+                    ConvBn::new(b, "conv2", "bn2", width, width, 3, stride)?,
+                    ConvBn::new(b, "conv3", "bn3", width, out, 1, 1)?,
+                ],
+                out,
+            )
+        } else {
+            (
+                vec![
+                    ConvBn::new(b, "conv1", "bn1", c_in, width, 3, stride)?,
+                    ConvBn::new(b, "conv2", "bn2", width, width, 3, 1)?,
+                ],
+                width,
+            )
+        };
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(ConvBn::new(&b.pp("downsample"), "0", "1", c_in, c_out, 1, stride)?)
+        } else {
+            None
+        };
+        Ok(Self { convs, downsample })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, cb) in self.convs.iter().enumerate() {
+            y = cb.forward_t(&y, train)?;
+            if i != last {
+                y = y.relu()?;
+            }
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+pub struct ResNet {
+    stem: ConvBn,
+    layers: Vec<Vec<Block>>,
+    cfg: ResNetConfig,
+}
+
+impl ResNet {
+    pub fn new(cfg: ResNetConfig, b: &Builder) -> Result<Self> {
+        let stem = ConvBn {
+            conv: b.pp("conv1").conv2d_no_bias(3, 64, 7, 2, 3, 1, KAIMING_FAN_OUT)?,
+            bn: BatchNorm::new(64, &b.pp("bn1"))?,
+        };
+        let expansion = if cfg.bottleneck { 4 } else { 1 };
+        let mut c_in = 64;
+        let mut layers = Vec::with_capacity(4);
+        for (stage, &n) in cfg.blocks.iter().enumerate() {
+            let width = 64 << stage;
+            let lb = b.pp(format!("layer{}", stage + 1));
+            let mut blocks = Vec::with_capacity(n);
+            for i in 0..n {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                blocks.push(Block::new(&lb.pp(i), c_in, width, stride, cfg.bottleneck)?);
+                c_in = width * expansion;
+            }
+            layers.push(blocks);
+        }
+        Ok(Self { stem, layers, cfg })
+    }
+}
+
+impl FeatureExtractor for ResNet {
+    fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = self.stem.forward_t(x, train)?.relu()?;
+        x = max_pool2d(&x, 3, 2, 1)?;
+        for stage in &self.layers {
+            for block in stage {
+                x = block.forward_t(&x, train)?;
+            }
+        }
+        global_avg_pool(&x)
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.cfg.feature_dim()
+    }
+}

@@ -1,0 +1,131 @@
+//! Where pretrained tensors come from: a local `.safetensors`, a zip `.pth` (PyTorch >= 1.6),
+//! or a file of a Hugging Face hub repository (cached by hf-hub; `HF_HOME` / `HF_ENDPOINT`
+//! are honoured). Also the safetensors writer used for checkpoints (it keeps metadata).
+
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightsSource {
+    File(PathBuf),
+    /// `hf:owner/repo` or `hf:owner/repo/file.safetensors`.
+    Hub { repo: String, file: String },
+}
+
+impl WeightsSource {
+    /// `hf:timm/resnet18.tv_in1k[/model.safetensors]` (also `hf://`) names a hub file; anything else is a path.
+    pub fn parse(s: &str) -> Self {
+        if let Some(rest) = s.strip_prefix("hf://").or_else(|| s.strip_prefix("hf:")) {
+            let parts: Vec<&str> = rest.splitn(3, '/').collect();
+            if parts.len() == 3 {
+                return WeightsSource::Hub { repo: format!("{}/{}", parts[0], parts[1]), file: parts[2].to_string() };
+            }
+            return WeightsSource::Hub { repo: rest.to_string(), file: "model.safetensors".into() };
+        }
+        WeightsSource::File(PathBuf::from(s))
+    }
+
+    /// The local file, fetching it from the hub into `cache_dir` (or hf-hub's default cache) when needed.
+    pub fn resolve(&self, cache_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+        match self {
+            WeightsSource::File(p) => {
+                if !p.is_file() {
+                    bail!("weights file {} not found", p.display());
+                }
+                Ok(p.clone())
+            }
+            WeightsSource::Hub { repo, file } => {
+                let mut b = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
+                if let Some(dir) = cache_dir {
+                    b = b.with_cache_dir(dir.to_path_buf());
+                }
+                let api = b.build().context("setting up the Hugging Face hub client")?;
+                api.model(repo.clone()).get(file).with_context(|| {
+                    format!("could not get {file} of hf:{repo} (offline? pass --weights FILE with a local copy)")
+                })
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            WeightsSource::File(p) => p.display().to_string(),
+            WeightsSource::Hub { repo, file } => format!("hf:{repo}/{file}"),
+        }
+    }
+}
+
+/// Read every tensor of a weights file (on the CPU), whatever its format.
+pub fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
+    let mut magic = [0u8; 2];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening weights file {}", path.display()))?;
+        f.read_exact(&mut magic).with_context(|| format!("weights file {} is empty or unreadable", path.display()))?;
+    }
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let tensors: Vec<(String, Tensor)> = if ext == "safetensors" {
+        candle_core::safetensors::load(path, &Device::Cpu)
+            .with_context(|| format!("{} is not a valid safetensors file", path.display()))?
+            .into_iter()
+            .collect()
+    } else if &magic == b"PK" {
+        // Zip checkpoints: a bare state dict, or one nested under `state_dict` / `model`.
+        let mut found = Vec::new();
+        for key in [None, Some("state_dict"), Some("model")] {
+            if let Ok(t) = candle_core::pickle::read_all_with_key(path, key) {
+                if !t.is_empty() {
+                    found = t;
+                    break;
+                }
+            }
+        }
+        if found.is_empty() {
+            bail!("{}: no tensors found in this PyTorch zip checkpoint", path.display());
+        }
+        found
+    } else if super::legacy_pth::is_legacy_pth(path) {
+        super::legacy_pth::read_legacy_pth(path)?
+    } else {
+        bail!(
+            "{}: not a weights file this workbook reads (.safetensors, or a PyTorch .pth/.pt checkpoint)",
+            path.display()
+        );
+    };
+    let mut map = HashMap::new();
+    for (k, t) in tensors {
+        // DataParallel checkpoints prefix every name with `module.`.
+        let k = k.strip_prefix("module.").map(str::to_string).unwrap_or(k);
+        map.insert(k, t);
+    }
+    Ok(map)
+}
+
+/// Write tensors as safetensors with string metadata.
+pub fn save_safetensors(tensors: &HashMap<String, Tensor>, metadata: HashMap<String, String>, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), &tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    // Rename last so that an interrupted save never leaves a half-written checkpoint.
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The string metadata of a safetensors file (empty when it has none).
+pub fn read_safetensors_metadata(path: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}

@@ -1,0 +1,17 @@
+//! Pictures: training curves (plotters, PNG and SVG) and image grids (d2l's `show_images`).
+
+pub mod curves;
+pub mod grid;
+
+pub use curves::{draw_curves, save_curves};
+pub use grid::{image_grid, save_peek};
+
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// plotters draws text with a font we ship, so no system font library is needed.
+pub(crate) fn ensure_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
+    });
+}

@@ -1,0 +1,153 @@
+//! One experiment of the chapter, end to end: data, model, phases, outputs.
+//! This is what the CLI's training commands and the notebooks call.
+
+use crate::data::image_folder::load_train_test;
+use crate::data::ImageFolder;
+use crate::models::weights::read_tensors;
+use crate::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
+use crate::train::{train, History, PhaseConfig, RunConfig};
+use crate::transforms::Pipeline;
+use anyhow::Context;
+use candle_core::Device;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the backbone's starting weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelInit {
+    Pretrained(WeightsSource),
+    Scratch,
+}
+
+/// Which training augmentation to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Augment {
+    /// RandomResizedCrop + flip (d2l).
+    D2l,
+    /// Resize 256 + random 224 crop + flip (the Keras lesson).
+    Keras,
+}
+
+#[derive(Clone, Debug)]
+pub struct Experiment {
+    pub title: String,
+    pub data: PathBuf,
+    pub arch: Arch,
+    pub init: ModelInit,
+    pub phases: Vec<PhaseConfig>,
+    pub batch_size: usize,
+    pub image_size: u32,
+    pub augment: Augment,
+    pub seed: u64,
+    pub device: Device,
+    /// Output folder: history.json, curves.png/svg, model.safetensors, checkpoint/.
+    pub out: Option<PathBuf>,
+    pub resume: bool,
+    pub progress: bool,
+    /// Use only the first N images of each class (quick runs).
+    pub limit_per_class: Option<usize>,
+    /// Cache for hub downloads (hf-hub's default when `None`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub struct ExperimentResult {
+    pub model: Classifier,
+    pub history: History,
+    pub train_data: Arc<ImageFolder>,
+    pub test_data: Arc<ImageFolder>,
+}
+
+/// Load a `DIR/{train,test}` dataset, optionally keeping the first `limit` images per class.
+pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
+    let (mut train, mut test) = load_train_test(dir)?;
+    for ds in [&train, &test] {
+        eprintln!("{}", ds.summary());
+        for s in &ds.skipped {
+            eprintln!("  skipped {}: {}", s.path.display(), s.reason);
+        }
+    }
+    if let Some(n) = limit {
+        train = train.take_per_class(n);
+        test = test.take_per_class(n);
+    }
+    Ok((Arc::new(train), Arc::new(test)))
+}
+
+/// Build the model an experiment starts from.
+pub fn build_model(
+    arch: Arch,
+    init: &ModelInit,
+    class_names: Vec<String>,
+    seed: u64,
+    device: &Device,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Classifier> {
+    let opts = ModelOptions {
+        arch,
+        class_names,
+        head_init: HeadInit::Xavier,
+        freeze: Freeze::Nothing,
+        bn_mode: BnMode::Train,
+        seed,
+    };
+    match init {
+        ModelInit::Scratch => Classifier::scratch(&opts, device),
+        ModelInit::Pretrained(src) => {
+            let path = src.resolve(cache_dir)?;
+            let tensors = read_tensors(&path)?;
+            let origin = path.display().to_string();
+            let model = Classifier::pretrained(&opts, Arc::new(tensors.clone()), &origin, device)?;
+            let used = model.state();
+            let unused: Vec<&String> = tensors.keys().filter(|k| !used.contains_key(*k) && !k.ends_with("num_batches_tracked")).collect();
+            let head = arch.head_prefix();
+            let (head_unused, other): (Vec<&String>, Vec<&String>) = unused.into_iter().partition(|k| k.starts_with(&format!("{head}.")));
+            if !head_unused.is_empty() {
+                eprintln!("pretrained head '{head}' replaced by a fresh {}-class head", model.num_classes());
+            }
+            if !other.is_empty() {
+                eprintln!("warning: {} tensors of {origin} were not used: {:?}", other.len(), other);
+            }
+            Ok(model)
+        }
+    }
+}
+
+/// Run an experiment: load data, build the model, train all phases, write the outputs.
+pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
+    let (train_data, test_data) = load_data(&exp.data, exp.limit_per_class)?;
+    let model = build_model(exp.arch, &exp.init, train_data.classes.clone(), exp.seed, &exp.device, exp.cache_dir.as_deref())?;
+    let norm = exp.arch.normalization();
+    let train_pipeline = match exp.augment {
+        Augment::D2l => Pipeline::d2l_train(exp.image_size, norm),
+        Augment::Keras => Pipeline::keras_train(exp.image_size, norm),
+    };
+    let run = RunConfig {
+        batch_size: exp.batch_size,
+        seed: exp.seed,
+        train_pipeline,
+        test_pipeline: Pipeline::d2l_test(exp.image_size, norm),
+        checkpoint_dir: exp.out.as_ref().map(|o| crate::train::checkpoint_dir(o)),
+        resume: exp.resume,
+        progress: exp.progress,
+        device_label: crate::device_label(&exp.device),
+    };
+    if let Some(out) = &exp.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let out = exp.out.clone();
+    let title = exp.title.clone();
+    let mut on_epoch = |_: &crate::train::EpochRecord, h: &History| {
+        if let Some(o) = &out {
+            // Rewritten each epoch so a long run can be watched while it trains.
+            let _ = h.save_json(&o.join("history.json"));
+            let _ = crate::plot::save_curves(h, &title, &o.join("curves.png"), &o.join("curves.svg"));
+        }
+    };
+    let outcome = train(model, train_data.clone(), test_data.clone(), &exp.phases, &run, &mut on_epoch)?;
+    if let Some(o) = &exp.out {
+        outcome.history.save_json(&o.join("history.json"))?;
+        crate::plot::save_curves(&outcome.history, &exp.title, &o.join("curves.png"), &o.join("curves.svg"))?;
+        outcome.model.save(&o.join("model.safetensors"))?;
+    }
+    Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, test_data })
+}
