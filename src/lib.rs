@@ -10,6 +10,11 @@
 //! - [`plot`]: training curves and image grids;
 //! - [`fine_tune`]: the whole d2l experiment in one call.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod imagenet;
@@ -18,6 +23,7 @@ pub mod plot;
 pub mod run;
 pub mod train;
 pub mod transforms;
+pub mod zero_shot;
 
 pub use device::{device_label, parse_device};
 pub use run::{fine_tune, Augment, Experiment, ExperimentResult, ModelInit};

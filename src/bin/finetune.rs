@@ -35,8 +35,67 @@ enum Command {
     Info(InfoArgs),
     /// The first 8 images of the first class and the last 8 of the last, as one PNG grid.
     Peek(PeekArgs),
+    /// Classify the test photos with the untouched ImageNet head: "hot dog" iff class 934 wins.
+    ZeroShot(ZeroShotArgs),
+    /// Time training steps and inference on random data (img/s), optionally the data pipeline.
+    Bench(BenchArgs),
     /// Download and unpack the d2l hot-dog data set (SHA-1 checked).
     Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Comma-separated backbones.
+    #[arg(long, default_value = "resnet18,efficientnet-lite0")]
+    backbone: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 224)]
+    image_size: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long, default_value = "none")]
+    freeze: Freeze,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Run depthwise convolutions through Candle's grouped conv (the "before" of the benchmark).
+    #[arg(long)]
+    candle_depthwise: bool,
+    /// Also time the data pipeline (decode once, then augment + batch) on this data folder.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Append the results as JSON lines to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ZeroShotArgs {
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value = "efficientnet-lite0")]
+    backbone: String,
+    /// Pretrained ImageNet weights (default: the backbone's).
+    #[arg(long)]
+    weights: Option<String>,
+    /// The folder holding hot dogs (default: the one named like 'hotdog').
+    #[arg(long)]
+    positive_class: Option<String>,
+    /// Override the backbone's preprocessing (imagenet, tf, caffe, unit) to compare contracts.
+    #[arg(long)]
+    normalization: Option<transfer_workbook::transforms::Normalization>,
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    #[arg(long, default_value_t = 50)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -196,7 +255,7 @@ fn data_dir(data: &Option<PathBuf>, cache: &Option<PathBuf>) -> anyhow::Result<P
 }
 
 fn weights_source(arch: Arch, weights: &Option<String>) -> WeightsSource {
-    weights.as_deref().map(WeightsSource::parse).unwrap_or_else(|| arch.hub_weights())
+    weights.as_deref().map(WeightsSource::parse).unwrap_or_else(|| arch.default_weights())
 }
 
 fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> anyhow::Result<OptimizerKind> {
@@ -309,7 +368,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let arch_hint = a.backbone.as_deref().map(Arch::from_name).transpose()?;
     let source = match (&a.weights, arch_hint) {
         (Some(w), _) => WeightsSource::parse(w),
-        (None, Some(arch)) => arch.hub_weights(),
+        (None, Some(arch)) => arch.default_weights(),
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
     let model = load_for_inference(&source, a.backbone.as_deref(), &device, a.cache_dir.as_deref())?;
@@ -359,6 +418,58 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let arch = Arch::from_name(&a.backbone)?;
+    let device = parse_device(&a.device)?;
+    let model = load_for_inference(&weights_source(arch, &a.weights), Some(&a.backbone), &device, a.cache_dir.as_deref())?;
+    if model.num_classes() != 1000 {
+        bail!("zero-shot needs ImageNet weights with their 1000-class head");
+    }
+    let dir = data_dir(&a.data, &a.cache_dir)?;
+    let ds = Arc::new(ImageFolder::load(dir.join(&a.split))?);
+    eprintln!("{}", ds.summary());
+    let positive = transfer_workbook::zero_shot::positive_class(&ds.classes, a.positive_class.as_deref())?;
+    let norm = a.normalization.unwrap_or(arch.normalization());
+    let pipeline = Pipeline::d2l_test(a.image_size, norm);
+    let r = transfer_workbook::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
+    eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive as usize], model.class_names[934]);
+    println!("top-5 test acc {:.3}", r.top5_acc);
+    println!("test acc {:.3}", r.top1_acc);
+    eprintln!("{:.1} s on {}", t0.elapsed().as_secs_f64(), device_label(&device));
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    transfer_workbook::models::depthwise::use_candle_grouped_conv(a.candle_depthwise);
+    println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
+    for name in a.backbone.split(',') {
+        let arch = Arch::from_name(name.trim())?;
+        let r = transfer_workbook::bench::bench_model(arch, &device, a.batch_size, a.image_size, a.freeze.clone(), a.warmup, a.steps)?;
+        println!(
+            "{:<20} {:>8} {:>6} {:>6} {:>12.1} {:>10.0} {:>12.1}",
+            r.backbone, r.device, r.batch_size, r.image_size, r.train_img_per_sec, r.train_step_ms, r.eval_img_per_sec
+        );
+        if let Some(p) = &a.json {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            writeln!(f, "{}", serde_json::to_string(&r)?)?;
+        }
+    }
+    if let Some(dir) = &a.data {
+        let ds = Arc::new(ImageFolder::load(dir.join("train"))?);
+        let pipeline = Arc::new(Pipeline::d2l_train(a.image_size as u32, transfer_workbook::transforms::Normalization::imagenet()));
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        for b in transfer_workbook::data::Loader::new(ds.clone(), pipeline, a.batch_size, true, 0, 0) {
+            n += b?.len;
+        }
+        println!("data pipeline (augment + batch, images already decoded): {:.1} img/s", n as f64 / t0.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
 fn freeze_label(f: &Freeze) -> String {
     match f {
         Freeze::Nothing => "none".into(),
@@ -402,6 +513,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => predict(a),
         Command::Info(a) => info(a),
         Command::Peek(a) => peek(a),
+        Command::ZeroShot(a) => zero_shot(a),
+        Command::Bench(a) => bench(a),
         Command::Download(a) => {
             let dir = hotdog(&a.cache_dir.unwrap_or_else(default_cache).join("data"))?;
             println!("{}", dir.display());

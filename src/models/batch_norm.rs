@@ -1,6 +1,7 @@
 //! BatchNorm2d that can train: batch statistics and a momentum update of the running
 //! statistics (PyTorch semantics), or frozen on its running statistics (Keras `training=False`).
 
+use super::batch_norm_cpu;
 use super::builder::Builder;
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, ModuleT};
@@ -62,12 +63,18 @@ impl BatchNorm {
         t.reshape((1, t.elem_count(), 1, 1))
     }
 
+    /// Per-channel mean `[1, C, 1, 1]`. Reducing the contiguous spatial dims first is ~50x
+    /// faster on Candle's CPU backend than one reduction over (0, 2, 3).
+    fn channel_mean(x: &Tensor, n: f64) -> Result<Tensor> {
+        x.sum_keepdim((2, 3))?.sum_keepdim(0)? / n
+    }
+
     fn forward_train(&self, x: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = x.dims4()?;
         let n = (b * h * w) as f64;
-        let mean = x.mean_keepdim((0, 2, 3))?;
+        let mean = Self::channel_mean(x, n)?;
         let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
+        let var = Self::channel_mean(&centered.sqr()?, n)?;
         let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
         let y = centered
             .broadcast_mul(&inv_std)?
@@ -93,9 +100,35 @@ impl BatchNorm {
     }
 }
 
+impl BatchNorm {
+    /// The fused CPU kernels (see `batch_norm_cpu`); same arithmetic as the tensor-op path.
+    fn forward_cpu(&self, x: &Tensor, batch_stats: bool) -> Result<Tensor> {
+        let (mean, var) = if batch_stats {
+            let (b, _, h, w) = x.dims4()?;
+            let n = (b * h * w) as f64;
+            let stats = batch_norm_cpu::channel_stats(x)?;
+            let (mean, var) = (stats.get(0)?, stats.get(1)?);
+            let m = self.momentum;
+            let unbiased = (&var * (n / (n - 1.0).max(1.0)))?;
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (&mean * m)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+            (mean, var)
+        } else {
+            (self.running_mean.as_tensor().copy()?, self.running_var.as_tensor().copy()?)
+        };
+        batch_norm_cpu::batch_norm(x, &self.weight, &self.bias, &mean, &var, self.eps, batch_stats)
+    }
+}
+
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train && self.mode == BnMode::Train {
+        let batch_stats = train && self.mode == BnMode::Train;
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4 {
+            return self.forward_cpu(x, batch_stats);
+        }
+        if batch_stats {
             self.forward_train(x)
         } else {
             self.forward_running(x)

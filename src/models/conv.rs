@@ -30,6 +30,14 @@ impl Module for Conv2d {
 
 /// `conv2d(x, w)` (stride, symmetric zero padding, no dilation, one group) with the gradient rule above.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (c_out, c_in, kh, kw) = w.dims4()?;
+    if (kh, kw, stride, padding) == (1, 1, 1, 0) {
+        // A pointwise convolution is a matrix product per image: no im2col copy, and autograd
+        // of `matmul` gives both gradients as GEMMs.
+        let (b, _, h, wd) = x.dims4()?;
+        let y = w.reshape((c_out, c_in))?.broadcast_left(b)?.matmul(&x.reshape((b, c_in, h * wd))?)?;
+        return y.reshape((b, c_out, h, wd));
+    }
     let y = x.detach().conv2d(&w.detach(), padding, stride, 1, 1)?;
     if !x.track_op() && !w.track_op() {
         return Ok(y);

@@ -109,7 +109,8 @@ impl ParamStore {
             if src.dims() != var.dims() {
                 candle_core::bail!("{origin}: tensor '{name}' has shape {:?}, expected {:?}", src.dims(), var.dims());
             }
-            var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
+            // A copy: `set` refuses a tensor that shares the variable's own storage.
+            var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?.copy()?)?;
         }
         Ok(())
     }

@@ -58,13 +58,25 @@ pub struct RunConfig {
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RunState {
     epochs_done: usize,
-    phase_index: usize,
-    phase_epochs_done: usize,
+    /// Epochs finished in each phase so far; a phase runs on until its configured count, so a
+    /// finished run resumed with more epochs trains the extra ones.
+    phase_epochs: Vec<usize>,
+    /// Phases ended by early stopping (never resumed).
+    stopped_early: Vec<bool>,
+    /// The phase whose optimizer state is in `optimizer.safetensors`.
+    optimizer_phase: Option<usize>,
     optimizer_steps: u64,
     best_loss: Option<f64>,
     best_epoch: Option<usize>,
     wait: usize,
     history: History,
+}
+
+impl RunState {
+    fn ensure(&mut self, phases: usize) {
+        self.phase_epochs.resize(phases.max(self.phase_epochs.len()), 0);
+        self.stopped_early.resize(phases.max(self.stopped_early.len()), false);
+    }
 }
 
 /// Mean loss per example and accuracy of `model` in evaluation mode.
@@ -222,32 +234,32 @@ pub fn train(
     }
     let mut model = model;
     let mut best: Option<HashMap<String, Tensor>> = None;
+    state.ensure(phases.len());
     for (pi, phase) in phases.iter().enumerate() {
-        if pi < state.phase_index {
+        if state.stopped_early[pi] || state.phase_epochs[pi] >= phase.epochs {
             continue;
         }
         model = model.rebuild(phase.freeze.clone(), phase.bn_mode)?;
         let mut opt = optimizer_for(&model, phase);
-        if state.phase_epochs_done > 0 {
-            if let Some(c) = &ckpt {
-                if c.optimizer().is_file() {
-                    let t = crate::models::weights::read_tensors(&c.optimizer())?;
-                    opt.load_state(t, state.optimizer_steps)?;
-                }
-                if c.best().is_file() {
-                    best = Some(crate::models::weights::read_tensors(&c.best())?);
-                }
+        let continuing = state.phase_epochs[pi] > 0;
+        if continuing && state.optimizer_phase == Some(pi) {
+            if let Some(c) = ckpt.as_ref().filter(|c| c.optimizer().is_file()) {
+                opt.load_state(crate::models::weights::read_tensors(&c.optimizer())?, state.optimizer_steps)?;
+            }
+        }
+        if continuing && phase.early_stopping.is_some() {
+            if let Some(c) = ckpt.as_ref().filter(|c| c.best().is_file()) {
+                best = Some(crate::models::weights::read_tensors(&c.best())?);
             }
         } else {
             state.best_loss = None;
             state.wait = 0;
             best = None;
         }
-        let mut stop = false;
-        while state.phase_epochs_done < phase.epochs && !stop {
+        while state.phase_epochs[pi] < phase.epochs {
             let epoch = state.epochs_done + 1;
             let label = if phases.len() > 1 {
-                format!("{} epoch {}/{}", phase.name, state.phase_epochs_done + 1, phase.epochs)
+                format!("{} epoch {}/{}", phase.name, state.phase_epochs[pi] + 1, phase.epochs)
             } else {
                 format!("epoch {}/{}", epoch, phase.epochs)
             };
@@ -270,7 +282,8 @@ pub fn train(
             );
             state.history.records.push(rec.clone());
             state.epochs_done += 1;
-            state.phase_epochs_done += 1;
+            state.phase_epochs[pi] += 1;
+            state.optimizer_phase = Some(pi);
             state.optimizer_steps = opt.steps;
             if let Some(es) = &phase.early_stopping {
                 if state.best_loss.is_none_or(|b| test_loss < b - es.min_delta) {
@@ -286,24 +299,24 @@ pub fn train(
                     state.wait += 1;
                     if state.wait >= es.patience {
                         println!("early stopping: no test-loss improvement for {} epochs", es.patience);
-                        stop = true;
+                        state.stopped_early[pi] = true;
                     }
+                }
+            }
+            if state.stopped_early[pi] || state.phase_epochs[pi] == phase.epochs {
+                if let (Some(_), Some(b)) = (&phase.early_stopping, &best) {
+                    model.load_state(b, "best weights")?;
+                    state.history.best_epoch = state.best_epoch;
+                    println!("restored the best weights (epoch {})", state.best_epoch.unwrap_or(0));
                 }
             }
             if let Some(c) = &ckpt {
                 c.save(&model, Some(&opt), &state)?;
             }
             on_epoch(&rec, &state.history);
-        }
-        if let (Some(_), Some(b)) = (&phase.early_stopping, &best) {
-            model.load_state(b, "best weights")?;
-            state.history.best_epoch = state.best_epoch;
-            println!("restored the best weights (epoch {})", state.best_epoch.unwrap_or(0));
-        }
-        state.phase_index = pi + 1;
-        state.phase_epochs_done = 0;
-        if let Some(c) = &ckpt {
-            c.save(&model, None, &state)?;
+            if state.stopped_early[pi] {
+                break;
+            }
         }
     }
     Ok(Outcome { model, history: state.history })

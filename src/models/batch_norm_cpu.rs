@@ -1,0 +1,199 @@
+//! BatchNorm as fused CPU kernels with an explicit backward pass.
+//!
+//! Written with tensor ops, BatchNorm's backward reduces full activations over (N, H, W)
+//! through Candle's generic strided reduction four times per layer, which dominated a CPU
+//! training step. Here statistics, normalisation and the gradients are single passes over
+//! each channel's planes (parallel over channels).
+//!
+//! With `x̂ = (x - mean) * inv_std`, `y = w * x̂ + b`, sums over a channel's N*H*W values:
+//! `db = Σg`, `dw = Σ g x̂`, and `dx = w * inv_std * (g - (db + x̂ dw) / M)` with batch
+//! statistics, or `dx = w * inv_std * g` when the statistics are constants (running stats).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("batch norm: expected a contiguous f32 tensor"),
+    }
+}
+
+/// Visit the `(batch, plane)` slices of channel `c` of an `[N, C, HW]` buffer.
+fn planes(data: &[f32], n: usize, c_count: usize, hw: usize, c: usize) -> impl Iterator<Item = &[f32]> {
+    (0..n).map(move |b| &data[(b * c_count + c) * hw..(b * c_count + c + 1) * hw])
+}
+
+struct Dims {
+    n: usize,
+    c: usize,
+    hw: usize,
+}
+
+fn dims(l: &Layout) -> Result<Dims> {
+    let (n, c, h, w) = l.shape().dims4()?;
+    Ok(Dims { n, c, hw: h * w })
+}
+
+/// Per-channel mean and biased variance, as a `[2, C]` tensor.
+struct ChannelStats;
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "bn-channel-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let d = dims(l)?;
+        let m = (d.n * d.hw) as f64;
+        let stats: Vec<(f32, f32)> = (0..d.c)
+            .into_par_iter()
+            .map(|c| {
+                let sum: f64 = planes(x, d.n, d.c, d.hw, c).map(|p| p.iter().map(|&v| v as f64).sum::<f64>()).sum();
+                let mean = sum / m;
+                let sq: f64 = planes(x, d.n, d.c, d.hw, c).map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
+                (mean as f32, (sq / m) as f32)
+            })
+            .collect();
+        let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        out.extend(stats.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out), Shape::from((2, d.c))))
+    }
+}
+
+/// `[2, C]`: mean and biased variance of each channel of a contiguous `[N, C, H, W]` f32 tensor.
+pub fn channel_stats(x: &Tensor) -> Result<Tensor> {
+    x.detach().contiguous()?.apply_op1_no_bwd(&ChannelStats)
+}
+
+/// `y = w * (x - mean) * inv_std + b`; arguments (x, weight, bias).
+struct Normalize {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    /// Statistics come from this batch (their gradient flows back into dx).
+    batch_stats: bool,
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let d = dims(l1)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw)).enumerate().for_each(|(i, (yp, xp))| {
+            let c = i % d.c;
+            let scale = w[c] * self.inv_std[c];
+            let shift = b[c] - self.mean[c] * scale;
+            for (yv, xv) in yp.iter_mut().zip(xp) {
+                *yv = xv * scale + shift;
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let sums = x.detach().apply_op2_no_bwd(&grad, &GradSums { mean: self.mean.clone(), inv_std: self.inv_std.clone() })?;
+        let (db, dw) = (sums.get(0)?, sums.get(1)?);
+        let dx = if x.track_op() {
+            let op = GradInput {
+                mean: self.mean.clone(),
+                inv_std: self.inv_std.clone(),
+                weight: w.detach().to_vec1::<f32>()?,
+                db: db.to_vec1::<f32>()?,
+                dw: dw.to_vec1::<f32>()?,
+                batch_stats: self.batch_stats,
+            };
+            Some(x.detach().apply_op2_no_bwd(&grad, &op)?)
+        } else {
+            None
+        };
+        Ok((dx, w.track_op().then_some(dw), b.track_op().then_some(db)))
+    }
+}
+
+/// `[2, C]`: `Σg` and `Σ g x̂` per channel; arguments (x, grad).
+struct GradSums {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+impl CustomOp2 for GradSums {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-sums"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = dims(l1)?;
+        let sums: Vec<(f32, f32)> = (0..d.c)
+            .into_par_iter()
+            .map(|c| {
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for (xp, gp) in planes(x, d.n, d.c, d.hw, c).zip(planes(g, d.n, d.c, d.hw, c)) {
+                    let (mut a, mut b) = (0f32, 0f32);
+                    for (xv, gv) in xp.iter().zip(gp) {
+                        a += gv;
+                        b += gv * (xv - self.mean[c]);
+                    }
+                    sg += a as f64;
+                    sgx += b as f64;
+                }
+                (sg as f32, (sgx * self.inv_std[c] as f64) as f32)
+            })
+            .collect();
+        let mut out: Vec<f32> = sums.iter().map(|s| s.0).collect();
+        out.extend(sums.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out), Shape::from((2, d.c))))
+    }
+}
+
+/// dx; arguments (x, grad).
+struct GradInput {
+    mean: Vec<f32>,
+    inv_std: Vec<f32>,
+    weight: Vec<f32>,
+    db: Vec<f32>,
+    dw: Vec<f32>,
+    batch_stats: bool,
+}
+
+impl CustomOp2 for GradInput {
+    fn name(&self) -> &'static str {
+        "batch-norm-grad-input"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, g) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = dims(l1)?;
+        let m = (d.n * d.hw) as f32;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw).zip(g.par_chunks(d.hw))).enumerate().for_each(|(i, (dp, (xp, gp)))| {
+            let c = i % d.c;
+            let k = self.weight[c] * self.inv_std[c];
+            if self.batch_stats {
+                let (mdb, mdw) = (self.db[c] / m, self.dw[c] / m);
+                for ((dv, xv), gv) in dp.iter_mut().zip(xp).zip(gp) {
+                    let xhat = (xv - self.mean[c]) * self.inv_std[c];
+                    *dv = k * (gv - mdb - xhat * mdw);
+                }
+            } else {
+                for (dv, gv) in dp.iter_mut().zip(gp) {
+                    *dv = k * gv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Normalise `x` with per-channel `mean` / `var` (`[C]`), then scale and shift.
+pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, batch_stats: bool) -> Result<Tensor> {
+    let mean = mean.to_vec1::<f32>()?;
+    let inv_std = var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Normalize { mean, inv_std, batch_stats })
+}

@@ -1,0 +1,82 @@
+//! The `finetune` binary end to end on generated data, and its errors on bad input.
+
+mod support;
+
+use std::process::Command;
+
+fn finetune(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).env("RUST_BACKTRACE", "0").output().unwrap()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn scratch_run_writes_every_output_and_d2l_summary() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 8, 4);
+    let out = tempfile::tempdir().unwrap();
+    let o = finetune(&[
+        "scratch", "--data", data.path().to_str().unwrap(), "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+        "--out", out.path().to_str().unwrap(), "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in ["history.json", "curves.png", "curves.svg", "model.safetensors", "checkpoint/state.json"] {
+        assert!(out.path().join(f).is_file(), "missing {f}");
+    }
+    let h: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("history.json")).unwrap()).unwrap();
+    let epochs = h.as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for key in ["epoch", "loss", "train_acc", "test_acc", "examples_per_sec"] {
+        assert!(epochs[1].get(key).is_some_and(|v| v.is_number()), "history.json lacks {key}");
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let n = lines.len();
+    assert!(lines[n - 2].starts_with("loss ") && lines[n - 2].contains(", train acc ") && lines[n - 2].contains(", test acc "), "{stdout}");
+    assert!(lines[n - 1].ends_with(" examples/sec on cpu"), "{stdout}");
+
+    // The saved model predicts with its own class names.
+    let img = data.path().join("test/red/0.png");
+    let model = out.path().join("model.safetensors");
+    let p = finetune(&["predict", img.to_str().unwrap(), "--weights", model.to_str().unwrap(), "--image-size", "32", "--top-k", "2"]);
+    assert!(p.status.success(), "{}", text(&p));
+    let s = text(&p);
+    assert!(s.contains("red") && s.contains("blue") && s.contains('%'), "{s}");
+}
+
+#[test]
+fn peek_writes_a_two_by_eight_grid() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 9, 1);
+    let out = tempfile::tempdir().unwrap();
+    let png = out.path().join("peek.png");
+    let o = finetune(&["peek", "--data", data.path().to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let img = image::open(&png).unwrap();
+    // 8 columns and 2 rows of 160 px cells with 4 px gaps.
+    assert_eq!((img.width(), img.height()), (8 * 164 + 4, 2 * 164 + 4));
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message_not_a_panic() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 2, 1);
+    let d = data.path().to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["scratch", "--data", "/no/such/dir", "--image-size", "32"], "/no/such/dir/train does not exist"),
+        (vec!["scratch", "--data", d, "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
+        (vec!["scratch", "--data", d, "--device", "tpu"], "unknown device 'tpu'"),
+        (vec!["finetune", "--data", d, "--weights", "/no/such/weights.safetensors"], "weights file /no/such/weights.safetensors not found"),
+        (vec!["freeze", "--data", d, "--freeze", "layer9", "--weights", "/no/such/w.pth"], "not found"),
+        (vec!["two-phase", "--data", d, "--unfreeze-from", "layer9"], "no block 'layer9'"),
+    ];
+    for (args, want) in cases {
+        let o = finetune(&args);
+        let s = text(&o);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(s.contains(want), "{args:?}: expected '{want}' in:\n{s}");
+        assert!(!s.contains("panicked"), "{args:?} panicked:\n{s}");
+    }
+}

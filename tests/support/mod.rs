@@ -1,0 +1,29 @@
+//! Shared test helpers: a small generated two-class image data set.
+
+#![allow(dead_code)]
+
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+
+/// `root/{train,test}/{blue,red}/*.png`: noisy images whose dominant colour is the class.
+pub fn write_color_dataset(root: &Path, per_class_train: usize, per_class_test: usize) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    for (split, n) in [("train", per_class_train), ("test", per_class_test)] {
+        for (class, base) in [("blue", [40u8, 60, 200]), ("red", [200u8, 50, 40])] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                let (w, h) = (rng.gen_range(40..64), rng.gen_range(40..64));
+                let img = RgbImage::from_fn(w, h, |_, _| {
+                    let mut p = [0u8; 3];
+                    for c in 0..3 {
+                        p[c] = (base[c] as i32 + rng.gen_range(-60..60)).clamp(0, 255) as u8;
+                    }
+                    Rgb(p)
+                });
+                img.save(dir.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The chapter's experiments on the real hot-dog photos with EfficientNet-Lite0 (CPU by
+# default; pass DEVICE=cuda for a CUDA build). Writes runs/<name>/{history.json, curves.*,
+# model.safetensors, log.txt}. Usage: tools/experiments.sh [finetune scratch freeze two-phase zero-shot]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/hotdog-seefood}
+DEVICE=${DEVICE:-cpu}
+SEED=${SEED:-0}
+BIN=${BIN:-target/release/finetune}
+W=.cache/weights/efficientnet-lite0-57934424.pth
+[ -f "$W" ] || bash tools/fetch-weights.sh
+common=(--data "$DATA" --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)
+run() {
+  local name=$1; shift
+  mkdir -p "runs/$name"
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$BIN" "$@" --out "runs/$name" 2>&1 | tee "runs/$name/log.txt"
+  echo "wall time $((SECONDS - t0)) s" | tee -a "runs/$name/log.txt"
+}
+for exp in "${@:-finetune scratch freeze two-phase}"; do
+  for e in $exp; do
+    case $e in
+      zero-shot) mkdir -p runs/zero-shot; "$BIN" zero-shot --data "$DATA" --device "$DEVICE" --weights "$W" 2>&1 | tee runs/zero-shot/log.txt ;;
+      finetune) run lite0-finetune finetune "${common[@]}" --weights "$W" --epochs 5 ;;
+      scratch) run lite0-scratch scratch "${common[@]}" --epochs 5 ;;
+      freeze) run lite0-freeze freeze "${common[@]}" --weights "$W" --epochs 5 ;;
+      two-phase) run lite0-two-phase two-phase "${common[@]}" --weights "$W" --head-epochs 10 --fine-epochs 10 --patience 3 ;;
+      *) echo "unknown experiment $e" >&2; exit 2 ;;
+    esac
+  done
+done
