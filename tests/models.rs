@@ -240,3 +240,100 @@ fn hub_weights_resolve_from_a_local_hf_cache_without_network() {
     let x = Tensor::randn(0f32, 1f32, (1, 3, 32, 32), &Device::Cpu).unwrap();
     assert_eq!(max_abs_diff(&loaded.forward_t(&x, false).unwrap(), &m.forward_t(&x, false).unwrap()), 0.0);
 }
+
+/// The fused CPU BatchNorm against the same arithmetic written with tensor ops.
+#[test]
+fn fused_batchnorm_matches_tensor_op_reference_forward_and_backward() {
+    use transfer_workbook::models::batch_norm_cpu::{batch_norm, channel_stats};
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (3, 4, 5, 6), &dev).unwrap() + 1.0).unwrap()).unwrap();
+    let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 4, &dev).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 4, &dev).unwrap()).unwrap();
+    let r = Tensor::randn(0f32, 1., (3, 4, 5, 6), &dev).unwrap();
+    let eps = 1e-3;
+    let view = |t: &Tensor| t.reshape((1, 4, 1, 1)).unwrap();
+    for batch_stats in [true, false] {
+        let (rm, rv) = (Tensor::new(&[0.1f32, -0.2, 0.3, 0.0], &dev).unwrap(), Tensor::new(&[1.5f32, 0.5, 2.0, 1.0], &dev).unwrap());
+        let (mean, var) = if batch_stats {
+            let s = channel_stats(x.as_tensor()).unwrap();
+            (s.get(0).unwrap(), s.get(1).unwrap())
+        } else {
+            (rm.clone(), rv.clone())
+        };
+        let ours = batch_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), &mean, &var, eps, batch_stats).unwrap();
+        // Reference: statistics computed inside the graph when they come from the batch.
+        let (m, v) = if batch_stats {
+            let m = x.as_tensor().mean_keepdim((0, 2, 3)).unwrap();
+            let v = x.as_tensor().broadcast_sub(&m).unwrap().sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap();
+            (m, v)
+        } else {
+            (view(&rm), view(&rv))
+        };
+        let reference = x
+            .as_tensor()
+            .broadcast_sub(&m)
+            .unwrap()
+            .broadcast_div(&(v + eps).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(&view(w.as_tensor()))
+            .unwrap()
+            .broadcast_add(&view(b.as_tensor()))
+            .unwrap();
+        assert!(max_abs_diff(&ours, &reference) < 1e-5);
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let d = max_abs_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "batch_stats={batch_stats}: d{name} differs by {d}");
+        }
+    }
+}
+
+/// The depthwise kernel against Candle's grouped convolution, with TF-style asymmetric padding.
+#[test]
+fn depthwise_conv_matches_candle_grouped_conv_with_gradients() {
+    use transfer_workbook::models::depthwise::{depthwise_conv2d, DwParams};
+    use transfer_workbook::models::efficientnet_lite::same_padding;
+    let dev = Device::Cpu;
+    for &(k, stride, size) in &[(3usize, 1usize, 8usize), (3, 2, 8), (5, 2, 9), (5, 1, 7)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, size, size), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (3, 1, k, k), &dev).unwrap()).unwrap();
+        let (pt, pb) = same_padding(size, k, stride);
+        let p = DwParams { stride, pad_top: pt, pad_bottom: pb, pad_left: pt, pad_right: pb };
+        let ours = depthwise_conv2d(x.as_tensor(), w.as_tensor(), p).unwrap();
+        let padded = x.as_tensor().pad_with_zeros(2, pt, pb).unwrap().pad_with_zeros(3, pt, pb).unwrap();
+        let theirs = padded.conv2d(w.as_tensor(), 0, stride, 1, 3).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert_eq!(ours.dims()[2], size.div_ceil(stride), "SAME padding keeps ceil(size / stride)");
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+        let r = Tensor::randn(0f32, 1., ours.shape(), &dev).unwrap();
+        let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w] {
+            let d = max_abs_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "k{k} s{stride}: gradient differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn same_padding_is_tensorflows() {
+    use transfer_workbook::models::efficientnet_lite::same_padding;
+    // As the reference's static padding for a 224 input: (0, 1) for 3x3/s2, (1, 2) for 5x5/s2.
+    assert_eq!(same_padding(224, 3, 2), (0, 1));
+    assert_eq!(same_padding(56, 5, 2), (1, 2));
+    assert_eq!(same_padding(14, 3, 1), (1, 1));
+    assert_eq!(same_padding(7, 5, 1), (2, 2));
+}
+
+/// A zip-format (PyTorch >= 1.6) checkpoint, state dict nested under `state_dict`, written by
+/// torch 2.x (tests/fixtures/tiny_zip.pth, 2 KB): `conv1.weight = arange(6)/10`, `fc.weight`
+/// saved as a transposed view.
+#[test]
+fn zip_pth_checkpoints_are_read() {
+    let t = read_tensors(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_zip.pth"))).unwrap();
+    let conv = t["conv1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(conv, vec![0.0, 0.1, 0.2, 0.3, 0.4, 0.5]);
+    assert_eq!(t["conv1.weight"].dims(), &[2, 3, 1, 1]);
+    assert_eq!(t["fc.weight"].to_vec2::<f32>().unwrap(), vec![vec![1.0, 0.5], vec![-2.0, 0.25]]);
+}

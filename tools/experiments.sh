@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/hotdog-seefood}
 DEVICE=${DEVICE:-cpu}
 SEED=${SEED:-0}
-BIN=${BIN:-target/release/finetune}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/finetune
+fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
 [ -f "$W" ] || bash tools/fetch-weights.sh
 common=(--data "$DATA" --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)

@@ -15,6 +15,7 @@ fn panel<DB: DrawingBackend>(
     y_range: (f64, f64),
     x_max: f64,
     switches: &[(usize, String)],
+    legend: SeriesLabelPosition,
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
@@ -30,6 +31,7 @@ where
         .configure_mesh()
         .x_desc("epoch")
         .x_labels((x_max as usize).clamp(2, 12))
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| anyhow!("plotting: {e}"))?;
@@ -61,7 +63,7 @@ where
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .label_font(("sans-serif", 14))
         .draw()
         .map_err(|e| anyhow!("plotting: {e}"))?;
@@ -89,6 +91,7 @@ where
         (0.0, loss_max),
         x_max,
         &switches,
+        SeriesLabelPosition::UpperRight,
     )?;
     panel(
         &right,
@@ -97,6 +100,7 @@ where
         (0.0, 1.0),
         x_max,
         &switches,
+        SeriesLabelPosition::LowerRight,
     )?;
     root.present().map_err(|e| anyhow!("plotting: {e}"))?;
     Ok(())
