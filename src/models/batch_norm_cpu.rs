@@ -9,15 +9,9 @@
 //! `db = Σg`, `dw = Σ g x̂`, and `dx = w * inv_std * (g - (db + x̂ dw) / M)` with batch
 //! statistics, or `dx = w * inv_std * g` when the statistics are constants (running stats).
 
+use super::cpu_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("batch norm: expected a contiguous f32 tensor"),
-    }
-}
 
 /// Visit the `(batch, plane)` slices of channel `c` of an `[N, C, HW]` buffer.
 fn planes(data: &[f32], n: usize, c_count: usize, hw: usize, c: usize) -> impl Iterator<Item = &[f32]> {
@@ -44,7 +38,7 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
+        let x = cpu_f32(s, l, "batch norm")?;
         let d = dims(l)?;
         let m = (d.n * d.hw) as f64;
         let stats: Vec<(f32, f32)> = (0..d.c)
@@ -81,7 +75,7 @@ impl CustomOp3 for Normalize {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (x, w, b) = (cpu_f32(s1, l1, "batch norm")?, cpu_f32(s2, l2, "batch norm")?, cpu_f32(s3, l3, "batch norm")?);
         let d = dims(l1)?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw)).enumerate().for_each(|(i, (yp, xp))| {
@@ -128,7 +122,7 @@ impl CustomOp2 for GradSums {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (x, g) = (cpu_f32(s1, l1, "batch norm")?, cpu_f32(s2, l2, "batch norm")?);
         let d = dims(l1)?;
         let sums: Vec<(f32, f32)> = (0..d.c)
             .into_par_iter()
@@ -168,7 +162,7 @@ impl CustomOp2 for GradInput {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, g) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (x, g) = (cpu_f32(s1, l1, "batch norm")?, cpu_f32(s2, l2, "batch norm")?);
         let d = dims(l1)?;
         let m = (d.n * d.hw) as f32;
         let mut dx = vec![0f32; x.len()];

@@ -78,6 +78,8 @@ pub struct Classifier {
     pub head_store: ParamStore,
     pub freeze: Freeze,
     pub bn_mode: BnMode,
+    /// Dropout on the pooled features while training (0 disables it).
+    pub dropout: f32,
     frozen: FreezeFn,
     features: Box<dyn FeatureExtractor>,
     head: Linear,
@@ -109,7 +111,18 @@ impl Classifier {
         let hb = head_store.builder(Arc::new(|_: &str| false)).pp(arch.head_prefix());
         let w = hb.get_with_hints((n, d), "weight", xavier_uniform(d, n)).context("building the head")?;
         let bias = hb.get_with_hints(n, "bias", head_init_bias(d)).context("building the head")?;
-        Ok(Self { arch, class_names, backbone_store, head_store, freeze, bn_mode, frozen, features, head: Linear::new(w, Some(bias)) })
+        Ok(Self {
+            arch,
+            class_names,
+            backbone_store,
+            head_store,
+            freeze,
+            bn_mode,
+            dropout: arch.default_dropout(),
+            frozen,
+            features,
+            head: Linear::new(w, Some(bias)),
+        })
     }
 
     /// A classifier with random weights everywhere (training from scratch).
@@ -132,7 +145,14 @@ impl Classifier {
 
     /// The same parameters under another freezing / BatchNorm regime (cheap: storage is shared).
     pub fn rebuild(&self, freeze: Freeze, bn_mode: BnMode) -> anyhow::Result<Self> {
-        Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode)
+        let m = Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode)?;
+        Ok(m.with_dropout(self.dropout))
+    }
+
+    /// The same model with another dropout rate before the head (0 for exact comparisons).
+    pub fn with_dropout(mut self, p: f32) -> Self {
+        self.dropout = p;
+        self
     }
 
     pub fn num_classes(&self) -> usize {
@@ -149,7 +169,9 @@ impl Classifier {
 
     /// Logits `[B, num_classes]`; `train` selects training behaviour (BatchNorm per `bn_mode`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.head.forward(&self.features.features_t(x, train)?)
+        let f = self.features.features_t(x, train)?;
+        let f = if train && self.dropout > 0.0 { candle_nn::ops::dropout(&f, self.dropout)? } else { f };
+        self.head.forward(&f)
     }
 
     /// The head as PyTorch prints it.

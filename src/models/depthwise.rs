@@ -5,6 +5,7 @@
 //! (parallel over batch x channel planes); other devices use a formulation from shifted
 //! slices times per-channel weights, which autograd differentiates.
 
+use super::cpu_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,20 +114,13 @@ impl DwConv {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("depthwise conv: expected a contiguous tensor"),
-    }
-}
-
 impl CustomOp2 for DwConv {
     fn name(&self) -> &'static str {
         "depthwise-conv2d"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (x, w) = (cpu_f32(s1, l1, "depthwise conv")?, cpu_f32(s2, l2, "depthwise conv")?);
         let g = self.geometry(l1)?;
         let (k, p) = (self.k, self.p);
         let mut out = vec![0f32; g.planes * g.ho * g.wo];
@@ -177,7 +171,7 @@ impl CustomOp2 for DwGradInput {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (gy, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (gy, w) = (cpu_f32(s1, l1, "depthwise conv")?, cpu_f32(s2, l2, "depthwise conv")?);
         let (b, c, h, wd) = self.x_dims;
         let (k, p) = (self.op.k, self.op.p);
         let (ho, wo) = p.out_size(h, wd, k);
@@ -214,7 +208,7 @@ impl CustomOp2 for DwGradWeight {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, gy) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (x, gy) = (cpu_f32(s1, l1, "depthwise conv")?, cpu_f32(s2, l2, "depthwise conv")?);
         let g = self.op.geometry(l1)?;
         let (k, p) = (self.op.k, self.op.p);
         let batch = g.planes / g.c;

@@ -4,7 +4,8 @@
 //! `efficientnet-lite0-57934424.pth`. Lite = no squeeze-excite, ReLU6, fixed 32-channel stem
 //! and 1280-channel head. Convolutions use TensorFlow "SAME" padding (asymmetric for stride
 //! 2), as the checkpoint was trained with; BatchNorm has eps 1e-3 and momentum 0.01.
-//! Drop-connect (stochastic depth) of the reference is not applied.
+//! Drop-connect (stochastic depth) of the reference is not applied; its dropout (0.2) before
+//! the classifier is the `Classifier`'s (`Arch::default_dropout`).
 
 use super::activation::relu6;
 use super::batch_norm::BatchNorm;
@@ -99,7 +100,6 @@ pub struct EfficientNetLite0 {
     blocks: Vec<MbConv>,
     head: Conv2d,
     bn1: BatchNorm,
-    dropout: f32,
 }
 
 impl EfficientNetLite0 {
@@ -115,7 +115,7 @@ impl EfficientNetLite0 {
         }
         let head = b.pp("_conv_head").conv2d_no_bias(320, FEATURES, 1, 1, 0, 1, KAIMING_FAN_OUT)?;
         let bn1 = bn(FEATURES, &b.pp("_bn1"))?;
-        Ok(Self { stem, bn0, blocks, head, bn1, dropout: 0.2 })
+        Ok(Self { stem, bn0, blocks, head, bn1 })
     }
 }
 
@@ -130,12 +130,7 @@ impl FeatureExtractor for EfficientNetLite0 {
             x = block.forward_t(&x, train)?;
         }
         x = relu6(&self.bn1.forward_t(&self.head.forward(&x)?, train)?)?;
-        let x = global_avg_pool(&x)?;
-        if train && self.dropout > 0.0 {
-            candle_nn::ops::dropout(&x, self.dropout)
-        } else {
-            Ok(x)
-        }
+        global_avg_pool(&x)
     }
 
     fn feature_dim(&self) -> usize {

@@ -26,6 +26,15 @@ use crate::transforms::Normalization;
 use candle_core::{Result, Tensor};
 use resnet::{ResNet, ResNetConfig};
 
+/// The `f32` values of a contiguous CPU tensor, for the hand-written kernels (BatchNorm,
+/// depthwise convolution, ReLU6); `what` names the op in the error.
+pub(crate) fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, what: &str) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
+    }
+}
+
 /// A backbone without its classifier: images `[B, 3, H, W]` to pooled features `[B, D]`.
 pub trait FeatureExtractor: Send + Sync {
     fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
@@ -109,6 +118,14 @@ impl Arch {
         match (self, parts.next()) {
             (Arch::EfficientNetLite0, Some(i)) if first == "_blocks" => format!("_blocks.{i}"),
             _ => first.to_string(),
+        }
+    }
+
+    /// Dropout before the classifier while training, as in the reference networks.
+    pub fn default_dropout(self) -> f32 {
+        match self {
+            Arch::EfficientNetLite0 => 0.2,
+            _ => 0.0,
         }
     }
 
