@@ -48,6 +48,8 @@ pub struct Experiment {
     pub limit_per_class: Option<usize>,
     /// Cache for hub downloads (hf-hub's default when `None`).
     pub cache_dir: Option<PathBuf>,
+    /// How the new head starts (Xavier, or with the ImageNet "hotdog" row).
+    pub head_init: HeadInit,
 }
 
 pub struct ExperimentResult {
@@ -78,6 +80,7 @@ pub fn build_model(
     arch: Arch,
     init: &ModelInit,
     class_names: Vec<String>,
+    head_init: HeadInit,
     seed: u64,
     device: &Device,
     cache_dir: Option<&std::path::Path>,
@@ -85,7 +88,7 @@ pub fn build_model(
     let opts = ModelOptions {
         arch,
         class_names,
-        head_init: HeadInit::Xavier,
+        head_init,
         freeze: Freeze::Nothing,
         bn_mode: BnMode::Train,
         seed,
@@ -101,7 +104,7 @@ pub fn build_model(
             let unused: Vec<&String> = tensors.keys().filter(|k| !used.contains_key(*k) && !k.ends_with("num_batches_tracked")).collect();
             let head = arch.head_prefix();
             let (head_unused, other): (Vec<&String>, Vec<&String>) = unused.into_iter().partition(|k| k.starts_with(&format!("{head}.")));
-            if !head_unused.is_empty() {
+            if !head_unused.is_empty() && opts.head_init == HeadInit::Xavier {
                 eprintln!("pretrained head '{head}' replaced by a fresh {}-class head", model.num_classes());
             }
             if !other.is_empty() {
@@ -114,8 +117,13 @@ pub fn build_model(
 
 /// Run an experiment: load data, build the model, train all phases, write the outputs.
 pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
+    // Fetch or find the weights first: a wrong path should not wait for a thousand decodes.
+    let init = match &exp.init {
+        ModelInit::Pretrained(src) => ModelInit::Pretrained(WeightsSource::File(src.resolve(exp.cache_dir.as_deref())?)),
+        ModelInit::Scratch => ModelInit::Scratch,
+    };
     let (train_data, test_data) = load_data(&exp.data, exp.limit_per_class)?;
-    let model = build_model(exp.arch, &exp.init, train_data.classes.clone(), exp.seed, &exp.device, exp.cache_dir.as_deref())?;
+    let model = build_model(exp.arch, &init, train_data.classes.clone(), exp.head_init.clone(), exp.seed, &exp.device, exp.cache_dir.as_deref())?;
     let norm = exp.arch.normalization();
     let train_pipeline = match exp.augment {
         Augment::D2l => Pipeline::d2l_train(exp.image_size, norm),

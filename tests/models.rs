@@ -337,3 +337,18 @@ fn zip_pth_checkpoints_are_read() {
     assert_eq!(t["conv1.weight"].dims(), &[2, 3, 1, 1]);
     assert_eq!(t["fc.weight"].to_vec2::<f32>().unwrap(), vec![vec![1.0, 0.5], vec![-2.0, 0.25]]);
 }
+
+#[test]
+fn head_can_start_from_an_imagenet_row() {
+    let imagenet = random_model(Arch::ResNet18, 1000).state();
+    let mut o = opts(Arch::ResNet18, 2);
+    o.head_init = HeadInit::ImageNetRow { imagenet_class: 934, target: 1 };
+    let m = Classifier::pretrained(&o, Arc::new(imagenet.clone()), "imagenet", &Device::Cpu).unwrap();
+    let s = m.state();
+    let row = |t: &Tensor, i: usize| t.get(i).unwrap();
+    assert_eq!(max_abs_diff(&row(&s["fc.weight"], 1), &row(&imagenet["fc.weight"], 934)), 0.0);
+    assert_eq!(max_abs_diff(&row(&s["fc.bias"], 1), &row(&imagenet["fc.bias"], 934)), 0.0);
+    // The other row keeps its Xavier start.
+    let xavier = Classifier::scratch(&opts(Arch::ResNet18, 2), &Device::Cpu).unwrap().state();
+    assert_eq!(max_abs_diff(&row(&s["fc.weight"], 0), &row(&xavier["fc.weight"], 0)), 0.0);
+}

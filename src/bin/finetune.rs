@@ -168,6 +168,12 @@ struct TrainArgs {
     /// d2l (RandomResizedCrop) or keras (resize + random crop).
     #[arg(long, default_value = "d2l")]
     augment: String,
+    /// The new head's start: xavier, or hotdog (the hot-dog class row from ImageNet class 934; d2l exercise 4).
+    #[arg(long, default_value = "xavier")]
+    head_init: String,
+    /// With --head-init hotdog: the class folder that gets row 934 (default: the one named like 'hotdog').
+    #[arg(long)]
+    positive_class: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -295,6 +301,7 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
         progress: !common.quiet,
         limit_per_class: common.limit_per_class,
         cache_dir: common.cache_dir.as_ref().map(|c| c.join("hub")),
+        head_init: HeadInit::Xavier,
     })
 }
 
@@ -330,7 +337,20 @@ fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
         "keras" => Augment::Keras,
         other => bail!("unknown augmentation '{other}' (expected d2l or keras)"),
     };
-    run_experiment(experiment(&a.common, command, init, vec![phase], augment)?)
+    let mut exp = experiment(&a.common, command, init, vec![phase], augment)?;
+    exp.head_init = match a.head_init.as_str() {
+        "xavier" => HeadInit::Xavier,
+        "hotdog" | "imagenet-934" => {
+            if exp.init == ModelInit::Scratch {
+                bail!("--head-init hotdog needs pretrained weights");
+            }
+            let classes = transfer_workbook::data::image_folder::class_folders(&exp.data.join("train"))?;
+            let target = transfer_workbook::zero_shot::positive_class(&classes, a.positive_class.as_deref())? as usize;
+            HeadInit::ImageNetRow { imagenet_class: transfer_workbook::imagenet::HOTDOG_CLASS, target }
+        }
+        other => bail!("unknown head init '{other}' (expected xavier or hotdog)"),
+    };
+    run_experiment(exp)
 }
 
 fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {

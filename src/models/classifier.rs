@@ -58,6 +58,9 @@ pub enum HeadInit {
     Xavier,
     /// The pretrained ImageNet head, kept whole (1000 classes).
     ImageNet,
+    /// Xavier, then the row of class `target` copied from ImageNet row `imagenet_class`
+    /// (d2l 13.2 exercise 4: start the "hotdog" output from ImageNet's class 934).
+    ImageNetRow { imagenet_class: usize, target: usize },
 }
 
 /// Everything needed to build a classifier.
@@ -137,10 +140,43 @@ impl Classifier {
         let p = Pretrained { tensors, origin: origin.to_string(), rename: None };
         let backbone = ParamStore::pretrained(p.clone(), DType::F32, device);
         let head = match opts.head_init {
-            HeadInit::Xavier => ParamStore::random(opts.seed, DType::F32, device),
-            HeadInit::ImageNet => ParamStore::pretrained(p, DType::F32, device),
+            HeadInit::Xavier | HeadInit::ImageNetRow { .. } => ParamStore::random(opts.seed, DType::F32, device),
+            HeadInit::ImageNet => ParamStore::pretrained(p.clone(), DType::F32, device),
         };
-        Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)
+        let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)?;
+        if let HeadInit::ImageNetRow { imagenet_class, target } = opts.head_init {
+            model.copy_head_row(&p, imagenet_class, target)?;
+        }
+        Ok(model)
+    }
+
+    /// Overwrite head row `target` (weight and bias) with row `source` of the pretrained head.
+    fn copy_head_row(&self, p: &Pretrained, source: usize, target: usize) -> anyhow::Result<()> {
+        let prefix = self.arch.head_prefix();
+        for leaf in ["weight", "bias"] {
+            let name = format!("{prefix}.{leaf}");
+            let src = p.tensors.get(&name).with_context(|| format!("{}: no tensor named '{name}' to take class {source} from", p.origin))?;
+            if src.dim(0)? <= source {
+                bail!("{}: '{name}' has {} rows, no class {source}", p.origin, src.dim(0)?);
+            }
+            let var = self.head_store.var(&name).with_context(|| format!("the head has no '{name}'"))?;
+            if target >= var.dim(0)? {
+                bail!("the head has {} classes, no class {target}", var.dim(0)?);
+            }
+            let row = src.narrow(0, source, 1)?.to_dtype(var.dtype())?.to_device(var.device())?;
+            let cur = var.as_tensor();
+            let n = cur.dim(0)?;
+            let mut parts = Vec::new();
+            if target > 0 {
+                parts.push(cur.narrow(0, 0, target)?);
+            }
+            parts.push(row);
+            if target + 1 < n {
+                parts.push(cur.narrow(0, target + 1, n - target - 1)?);
+            }
+            var.set(&Tensor::cat(&parts, 0)?.copy()?)?;
+        }
+        Ok(())
     }
 
     /// The same parameters under another freezing / BatchNorm regime (cheap: storage is shared).
