@@ -43,6 +43,7 @@ peek: build
 parity-fixtures:
     .venv/bin/python tools/parity/gen_fixtures.py
     .venv/bin/python tools/parity/gen_transforms.py
+    .venv/bin/python tools/parity/gen_lite0.py
 
 # Build the CUDA binary on a machine without a CUDA toolkit (CUDA 13 from PyPI, see ../shared/DEVICE.md).
 cuda-build:
