@@ -39,6 +39,19 @@ bench-depthwise: build
 peek: build
     target/release/finetune peek --data {{data}} --out runs/peek.png
 
+# Open the notebooks in Jupyter with the Rust (Evcxr) kernel; installs what is missing first
+# (evcxr_jupyter: ~20 min of compiling the first time on 2 cores; Jupyter into a venv).
+notebook:
+    bash tools/notebooks.sh open
+
+# Execute every notebook headless in quick mode; fails on any cell error (CI runs this).
+notebooks-check:
+    bash tools/notebooks.sh check
+
+# Execute the notebooks in place, so the committed .ipynb files carry their outputs.
+notebooks-render:
+    bash tools/notebooks.sh render
+
 # Regenerate the PyTorch parity fixtures (needs the .venv with torch + torchvision).
 parity-fixtures:
     .venv/bin/python tools/parity/gen_fixtures.py

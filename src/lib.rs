@@ -19,7 +19,9 @@ pub mod data;
 pub mod device;
 pub mod imagenet;
 pub mod models;
+pub mod notebook;
 pub mod plot;
+pub mod predict;
 pub mod run;
 pub mod train;
 pub mod transforms;
@@ -27,3 +29,9 @@ pub mod zero_shot;
 
 pub use device::{device_label, parse_device};
 pub use run::{fine_tune, Augment, Experiment, ExperimentResult, ModelInit};
+
+// Re-exported so notebooks and users need only this crate as a dependency.
+pub use anyhow;
+pub use candle_core;
+pub use candle_nn;
+pub use image;

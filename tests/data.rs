@@ -40,6 +40,38 @@ fn loads_sorted_classes_and_skips_bad_files() {
 }
 
 #[test]
+fn stratified_split_keeps_every_image_once_per_class_fraction() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 classes of 10, 20, 30, 40, 50 images, each pixel value unique.
+    for c in 0..5u8 {
+        for i in 0..(10 * (c as usize + 1)) {
+            write_png(&dir.path().join(format!("class{c}/{i:02}.png")), [c, i as u8, 0]);
+        }
+    }
+    let ds = ImageFolder::load(dir.path()).unwrap();
+    let parts = ds.split(&[0.8, 0.1, 0.1], 7).unwrap();
+    let counts: Vec<Vec<usize>> = parts.iter().map(|p| p.class_counts()).collect();
+    assert_eq!(counts[0], vec![8, 16, 24, 32, 40]);
+    assert_eq!(counts[1], vec![1, 2, 3, 4, 5]);
+    assert_eq!(counts[2], vec![1, 2, 3, 4, 5]);
+    let mut all: Vec<_> = parts.iter().flat_map(|p| p.paths.clone()).collect();
+    all.sort();
+    let mut orig = ds.paths.clone();
+    orig.sort();
+    assert_eq!(all, orig, "every image exactly once");
+    for p in &parts {
+        for (img, &label) in p.images.iter().zip(&p.labels) {
+            assert_eq!(img.get_pixel(0, 0)[0] as u32, label, "labels follow their images");
+        }
+    }
+    // Same seed, same split; another seed, another one.
+    assert_eq!(ds.split(&[0.8, 0.1, 0.1], 7).unwrap()[1].paths, parts[1].paths);
+    assert_ne!(ds.split(&[0.8, 0.1, 0.1], 8).unwrap()[1].paths, parts[1].paths);
+    let err = ds.split(&[0.8, 0.3], 0).err().expect("fractions summing to 1.1").to_string();
+    assert!(err.contains("sum to 1"), "{err}");
+}
+
+#[test]
 fn missing_and_empty_folders_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");

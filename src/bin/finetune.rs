@@ -1,12 +1,12 @@
 //! `finetune`: every experiment of the fine-tuning chapter from the command line.
 
 use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use transfer_workbook::data::{hotdog, ImageFolder};
-use transfer_workbook::models::weights::{read_safetensors_metadata, read_tensors};
+use transfer_workbook::predict::{load_model, open_image};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
 use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction};
 use transfer_workbook::transforms::Pipeline;
@@ -366,23 +366,6 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
 
 /// A model for inference: a run's model.safetensors (backbone and classes in its metadata),
 /// or pretrained weights with their ImageNet head.
-fn load_for_inference(weights: &WeightsSource, backbone: Option<&str>, device: &Device, cache: Option<&Path>) -> anyhow::Result<Classifier> {
-    let path = weights.resolve(cache)?;
-    let meta = if path.extension().is_some_and(|e| e == "safetensors") { read_safetensors_metadata(&path)? } else { Default::default() };
-    let arch = match (backbone, meta.get("backbone")) {
-        (Some(b), _) => Arch::from_name(b)?,
-        (None, Some(b)) => Arch::from_name(b)?,
-        (None, None) => bail!("{} does not name its backbone: pass --backbone", path.display()),
-    };
-    let class_names: Vec<String> = match meta.get("classes") {
-        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: bad 'classes' metadata", path.display()))?,
-        None => transfer_workbook::imagenet::class_names(),
-    };
-    let tensors = read_tensors(&path)?;
-    let opts = ModelOptions { arch, class_names, head_init: HeadInit::ImageNet, freeze: Freeze::Nothing, bn_mode: BnMode::Frozen, seed: 0 };
-    Classifier::pretrained(&opts, Arc::new(tensors), &path.display().to_string(), device)
-}
-
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     let arch_hint = a.backbone.as_deref().map(Arch::from_name).transpose()?;
@@ -391,19 +374,12 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         (None, Some(arch)) => arch.default_weights(),
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
-    let model = load_for_inference(&source, a.backbone.as_deref(), &device, a.cache_dir.as_deref())?;
-    let pipeline = Pipeline::d2l_test(a.image_size, model.arch.normalization());
+    let model = load_model(&source, a.backbone.as_deref(), &device, a.cache_dir.as_deref())?;
     for path in &a.images {
-        let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8();
-        let x = pipeline.apply(&img, &mut rand::thread_rng())?;
-        let s = a.image_size as usize;
-        let x = Tensor::from_vec(x, (1, 3, s, s), &Device::Cpu)?.to_device(&device)?;
-        let probs = candle_nn::ops::softmax(&model.forward_t(&x, false)?, 1)?.squeeze(0)?.to_vec1::<f32>()?;
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&i, &j| probs[j].total_cmp(&probs[i]));
+        let preds = transfer_workbook::predict::predict(&model, &open_image(path)?, a.image_size, a.top_k)?;
         println!("{}:", path.display());
-        for &i in order.iter().take(a.top_k) {
-            println!("  {:6.2}%  {:>4}  {}", probs[i] * 100.0, i, model.class_names[i]);
+        for p in preds {
+            println!("  {:6.2}%  {:>4}  {}", p.probability * 100.0, p.index, p.class);
         }
     }
     Ok(())
@@ -412,7 +388,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     let arch = Arch::from_name(&a.backbone)?;
     let model = match &a.weights {
-        Some(w) => load_for_inference(&WeightsSource::parse(w), Some(&a.backbone), &Device::Cpu, a.cache_dir.as_deref())?,
+        Some(w) => load_model(&WeightsSource::parse(w), Some(&a.backbone), &Device::Cpu, a.cache_dir.as_deref())?,
         None => {
             let opts = ModelOptions {
                 arch,
@@ -442,7 +418,7 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let arch = Arch::from_name(&a.backbone)?;
     let device = parse_device(&a.device)?;
-    let model = load_for_inference(&weights_source(arch, &a.weights), Some(&a.backbone), &device, a.cache_dir.as_deref())?;
+    let model = load_model(&weights_source(arch, &a.weights), Some(&a.backbone), &device, a.cache_dir.as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");
     }

@@ -5,6 +5,8 @@
 use anyhow::{bail, Context};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,6 +180,31 @@ impl ImageFolder {
             })
             .collect();
         self.subset(&idx)
+    }
+
+    /// A stratified random split (d2l exercise: train/validation/test from one folder).
+    /// Each class is shuffled with `seed` and cut by `fractions` (which must sum to 1); the
+    /// rounding remainder goes to the last part, so no image is lost or used twice.
+    pub fn split(&self, fractions: &[f64], seed: u64) -> anyhow::Result<Vec<Self>> {
+        let total: f64 = fractions.iter().sum();
+        if fractions.is_empty() || fractions.iter().any(|&f| !(0.0..=1.0).contains(&f)) || (total - 1.0).abs() > 1e-6 {
+            bail!("split fractions {fractions:?} must be between 0 and 1 and sum to 1");
+        }
+        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); fractions.len()];
+        for label in 0..self.classes.len() as u32 {
+            let mut idx: Vec<usize> = (0..self.len()).filter(|&i| self.labels[i] == label).collect();
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ u64::from(label).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let mut start = 0;
+            for (k, f) in fractions.iter().enumerate() {
+                let end = if k + 1 == fractions.len() { idx.len() } else { (start + (f * idx.len() as f64).round() as usize).min(idx.len()) };
+                parts[k].extend_from_slice(&idx[start..end]);
+                start = end;
+            }
+        }
+        Ok(parts.into_iter().map(|mut p| {
+            p.sort_unstable();
+            self.subset(&p)
+        }).collect())
     }
 }
 

@@ -106,6 +106,33 @@ where
     Ok(())
 }
 
+/// Several runs on one chart (e.g. fine-tuning against training from scratch): training loss
+/// and test accuracy per epoch, one colour per run.
+pub fn draw_comparison<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, runs: &[(&str, &History)], title: &str) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    const COLORS: [RGBColor; 6] = [BLUE, RED, RGBColor(0, 150, 0), MAGENTA, RGBColor(230, 140, 0), BLACK];
+    super::ensure_font();
+    root.fill(&WHITE).map_err(|e| anyhow!("plotting: {e}"))?;
+    let root = root.titled(title, ("sans-serif", 24)).map_err(|e| anyhow!("plotting: {e}"))?;
+    let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+    let x_max = runs.iter().map(|(_, h)| h.records.len()).max().unwrap_or(1).max(1) as f64;
+    let series = |f: fn(&crate::train::EpochRecord) -> f64| -> Vec<Series> {
+        runs.iter()
+            .enumerate()
+            .map(|(i, (name, h))| (*name, COLORS[i % COLORS.len()], h.records.iter().map(|e| (e.epoch as f64, f(e))).collect()))
+            .collect()
+    };
+    let loss = series(|e| e.loss);
+    let acc = series(|e| e.test_acc);
+    let loss_max = loss.iter().flat_map(|(_, _, p)| p.iter().map(|q| q.1)).filter(|v| v.is_finite()).fold(0.1f64, f64::max) * 1.1;
+    panel(&left, "train loss", &loss, (0.0, loss_max), x_max, &[], SeriesLabelPosition::UpperRight)?;
+    panel(&right, "test accuracy", &acc, (0.0, 1.0), x_max, &[], SeriesLabelPosition::LowerRight)?;
+    root.present().map_err(|e| anyhow!("plotting: {e}"))?;
+    Ok(())
+}
+
 /// `curves.png` and `curves.svg` (1000x400).
 pub fn save_curves(history: &History, title: &str, png: &Path, svg: &Path) -> anyhow::Result<()> {
     {

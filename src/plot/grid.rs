@@ -23,12 +23,17 @@ pub fn image_grid(images: &[&RgbImage], cols: usize, cell: u32) -> anyhow::Resul
 }
 
 /// d2l's peek: the first 8 images of the first class above the last 8 of the last class.
-pub fn save_peek(ds: &crate::data::ImageFolder, path: &Path) -> anyhow::Result<()> {
+pub fn peek_grid(ds: &crate::data::ImageFolder, cell: u32) -> anyhow::Result<RgbImage> {
     let last = (ds.classes.len() - 1) as u32;
     let first: Vec<&RgbImage> = (0..ds.len()).filter(|&i| ds.labels[i] == 0).take(8).map(|i| ds.images[i].as_ref()).collect();
     let mut tail: Vec<&RgbImage> = (0..ds.len()).rev().filter(|&i| ds.labels[i] == last).take(8).map(|i| ds.images[i].as_ref()).collect();
     tail.reverse();
     let all: Vec<&RgbImage> = first.into_iter().chain(tail).collect();
-    let grid = image_grid(&all, 8, 160)?;
+    image_grid(&all, 8, cell)
+}
+
+/// [`peek_grid`] with 160-pixel cells, written to `path`.
+pub fn save_peek(ds: &crate::data::ImageFolder, path: &Path) -> anyhow::Result<()> {
+    let grid = peek_grid(ds, 160)?;
     grid.save(path).with_context(|| format!("writing {}", path.display()))
 }

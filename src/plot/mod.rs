@@ -3,8 +3,8 @@
 pub mod curves;
 pub mod grid;
 
-pub use curves::{draw_curves, save_curves};
-pub use grid::{image_grid, save_peek};
+pub use curves::{draw_comparison, draw_curves, save_curves};
+pub use grid::{image_grid, peek_grid, save_peek};
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 

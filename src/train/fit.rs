@@ -12,6 +12,7 @@ use anyhow::Context;
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,9 +120,13 @@ fn train_epoch(
     label: String,
 ) -> anyhow::Result<(f64, f64, usize, f64)> {
     let loader = Loader::new(train.clone(), pipeline.clone(), run.batch_size, true, run.seed, epoch as u64);
-    let bar = progress_bar(run, loader.num_batches, label);
+    let total = loader.num_batches;
+    let bar = progress_bar(run, total, label.clone());
+    // No terminal (a notebook, a log file): one plain line per batch instead of a bar.
+    let text_progress = run.progress && !std::io::stderr().is_terminal();
+    let started = Instant::now();
     let (mut loss_sum, mut ok, mut n, mut secs) = (0.0, 0usize, 0usize, 0.0);
-    for batch in loader {
+    for (i, batch) in loader.enumerate() {
         let b = batch?;
         // d2l times the training step only, not waiting for data.
         let t0 = Instant::now();
@@ -139,7 +144,11 @@ fn train_epoch(
         n += b.len;
         secs += t0.elapsed().as_secs_f64();
         bar.inc(1);
-        bar.set_message(format!("loss {:.3} acc {:.3}", loss_sum / n as f64, ok as f64 / n as f64));
+        let msg = format!("loss {:.3} acc {:.3}", loss_sum / n as f64, ok as f64 / n as f64);
+        if text_progress {
+            println!("  {label}: batch {}/{total}, {msg}, {:.0} s", i + 1, started.elapsed().as_secs_f64());
+        }
+        bar.set_message(msg);
     }
     bar.finish_and_clear();
     if !loss_sum.is_finite() {

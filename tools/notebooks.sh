@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The Evcxr notebooks: set up the Rust Jupyter kernel, open the notebooks, or execute them.
+#
+#   bash tools/notebooks.sh setup    evcxr_jupyter (cargo install --locked, ~20 min the first time
+#                                    on 2 cores), Jupyter in a venv, the "rust" kernel, the weights
+#   bash tools/notebooks.sh open     setup, then Jupyter on notebooks/
+#   bash tools/notebooks.sh check    setup, then run every notebook headless in quick mode into
+#                                    runs/notebooks/executed/; fails on the first cell error
+#   bash tools/notebooks.sh render   the same, but writes the outputs into notebooks/*.ipynb
+#
+# Everything installed lives under $WORKBOOK_CACHE (default ~/.cache/transfer-workbook), so a
+# second run (and a second CI run on the same machine) starts at once. EVCXR_TMPDIR keeps
+# Evcxr's build of the workbook crate and its dependencies there too: the first notebook
+# compiles Candle once (~8 min on 2 cores), the others reuse it.
+# Pick notebooks with NOTEBOOKS="04 05"; WORKBOOK_SETTING=full runs the chapter's full setting.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+cache=${WORKBOOK_CACHE:-$HOME/.cache/transfer-workbook}
+evcxr_version=0.22.0
+evcxr_bin=$cache/evcxr/bin/evcxr_jupyter
+venv=$cache/jupyter
+
+setup() {
+    if [[ ! -x $evcxr_bin ]] || ! "$evcxr_bin" --version 2>/dev/null | grep -q "$evcxr_version"; then
+        echo "== building evcxr_jupyter $evcxr_version (first time only: ~20 min on 2 cores)"
+        cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$cache/evcxr"
+    fi
+    if [[ ! -x $venv/bin/jupyter-nbconvert ]]; then
+        echo "== installing Jupyter into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check jupyter nbconvert
+    fi
+    # Registers the "rust" kernel the notebooks name (in Jupyter's user data dir).
+    "$evcxr_bin" --install >/dev/null
+    bash tools/fetch-weights.sh
+}
+
+# Evcxr links each cell against Rust's shared libstd through a relative RUNPATH that breaks when
+# its build folder shares a prefix with the toolchain's (both under $HOME): dlopen fails at the
+# first cell. Naming the toolchain's library folder makes it independent of where things live.
+kernel_env() {
+    local sysroot
+    sysroot=$(rustc --print sysroot)
+    export LD_LIBRARY_PATH=$sysroot/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    # One build folder for every kernel: Candle compiles once. Two kernels at the same time
+    # would share it, so run one notebook's kernel at a time.
+    export EVCXR_TMPDIR=$cache/evcxr-build
+    mkdir -p "$EVCXR_TMPDIR"
+}
+
+# Execute the notebooks; $1 = "check" (copies) or "render" (in place).
+execute() {
+    local mode=$1 out=$root/runs/notebooks/executed
+    export PATH=$venv/bin:$PATH WORKBOOK_SETTING=${WORKBOOK_SETTING:-quick}
+    kernel_env
+    mkdir -p "$out"
+    local timings=$out/timings.txt
+    : >"$timings"
+    local pick=${NOTEBOOKS:-}
+    for nb in notebooks/[0-9][0-9]-*.ipynb; do
+        local name
+        name=$(basename "$nb" .ipynb)
+        if [[ -n $pick && " $pick " != *" ${name:0:2} "* ]]; then
+            continue
+        fi
+        local args=(--to notebook --execute --ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=rust)
+        if [[ $mode == render ]]; then args+=(--inplace); else args+=(--output-dir "$out"); fi
+        echo "== $name ($WORKBOOK_SETTING)"
+        local t0=$SECONDS
+        if ! (cd notebooks && jupyter nbconvert "${args[@]}" "$name.ipynb"); then
+            echo "FAILED: $nb (a cell raised an error; see above)" >&2
+            exit 1
+        fi
+        echo "$name $((SECONDS - t0)) s" | tee -a "$timings"
+    done
+    echo "== all notebooks ran without error ($WORKBOOK_SETTING); timings in $timings"
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    open)
+        setup
+        kernel_env
+        exec "$venv/bin/jupyter" notebook --notebook-dir="$root/notebooks"
+        ;;
+    check) setup && execute check ;;
+    render) setup && execute render ;;
+    *)
+        echo "usage: bash tools/notebooks.sh setup|open|check|render" >&2
+        exit 2
+        ;;
+esac
