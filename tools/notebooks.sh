@@ -22,7 +22,8 @@ evcxr_bin=$cache/evcxr/bin/evcxr_jupyter
 venv=$cache/jupyter
 
 setup() {
-    if [[ ! -x $evcxr_bin ]] || ! "$evcxr_bin" --version 2>/dev/null | grep -q "$evcxr_version"; then
+    # evcxr_jupyter has no --version; cargo's install record says which version is there.
+    if [[ ! -x $evcxr_bin ]] || ! grep -q "evcxr_jupyter $evcxr_version" "$cache/evcxr/.crates.toml" 2>/dev/null; then
         echo "== building evcxr_jupyter $evcxr_version (first time only: ~20 min on 2 cores)"
         cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$cache/evcxr"
     fi
