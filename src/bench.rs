@@ -1,9 +1,9 @@
 //! Throughput of a full training step (forward, backward, optimizer) and of inference on
 //! random data, and of the data pipeline alone. Timings, never asserted in tests.
 
-use crate::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
+use crate::models::{Arch, Classifier, Freeze, ModelOptions};
 use crate::train::metrics::{cross_entropy, Reduction};
-use crate::train::{recipes, Optimizer, ParamGroup};
+use crate::train::{recipes, Optimizer};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ pub struct BenchResult {
     pub backbone: String,
     pub device: String,
     pub batch_size: usize,
-    pub image_size: usize,
+    pub image_size: u32,
     pub freeze: String,
     pub train_img_per_sec: f64,
     pub train_step_ms: f64,
@@ -25,22 +25,12 @@ fn sync(t: &Tensor) -> candle_core::Result<()> {
 }
 
 /// Time `steps` training steps and `steps` inference batches after `warmup` untimed ones.
-pub fn bench_model(arch: Arch, device: &Device, batch: usize, size: usize, freeze: Freeze, warmup: usize, steps: usize) -> anyhow::Result<BenchResult> {
-    let opts = ModelOptions {
-        arch,
-        class_names: (0..2).map(|i| i.to_string()).collect(),
-        head_init: HeadInit::Xavier,
-        freeze: freeze.clone(),
-        bn_mode: BnMode::Train,
-        seed: 0,
-    };
+pub fn bench_model(arch: Arch, device: &Device, batch: usize, image_size: u32, freeze: Freeze, warmup: usize, steps: usize) -> anyhow::Result<BenchResult> {
+    let opts = ModelOptions { freeze: freeze.clone(), ..ModelOptions::new(arch, vec!["0".into(), "1".into()]) };
     let model = Classifier::scratch(&opts, device)?;
-    let (backbone, head) = model.trainable();
     let phase = recipes::d2l_finetune(1);
-    let mut opt = Optimizer::new(
-        phase.optimizer.clone(),
-        vec![ParamGroup { name: "backbone".into(), lr: 1e-5, params: backbone }, ParamGroup { name: "head".into(), lr: 1e-4, params: head }],
-    );
+    let mut opt = Optimizer::new(phase.optimizer.clone(), model.param_groups(1e-5, 10.0));
+    let size = image_size as usize;
     let x = Tensor::randn(0f32, 1f32, (batch, 3, size, size), device)?;
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % 2).collect::<Vec<_>>(), batch, device)?;
     let mut train_secs = 0.0;
@@ -66,8 +56,8 @@ pub fn bench_model(arch: Arch, device: &Device, batch: usize, size: usize, freez
         backbone: arch.name().into(),
         device: crate::device_label(device),
         batch_size: batch,
-        image_size: size,
-        freeze: format!("{freeze:?}"),
+        image_size,
+        freeze: freeze.to_string(),
         train_img_per_sec: n / train_secs,
         train_step_ms: 1000.0 * train_secs / steps as f64,
         eval_img_per_sec: n / eval_secs,

@@ -2,7 +2,8 @@
 //! turns `EVCXR_BEGIN_CONTENT <mime>` ... `EVCXR_END_CONTENT` on stdout into a cell output),
 //! the quick/full setting, and where the photos, the weights and the runs live.
 
-use crate::models::{Arch, HeadInit, WeightsSource};
+use crate::checkpoint::{default_weights, WeightsSource};
+use crate::models::{Arch, HeadInit};
 use crate::plot::{draw_comparison, draw_curves};
 use crate::train::{History, PhaseConfig};
 use crate::{Augment, Experiment, ModelInit};
@@ -86,7 +87,7 @@ impl Setting {
             image_size: self.image_size(),
             augment: Augment::D2l,
             seed: 0,
-            device: candle_core::Device::Cpu,
+            device: device()?,
             out: Some(self.run_dir(name)),
             resume: false,
             progress: true,
@@ -115,18 +116,23 @@ pub fn hotdog_data() -> anyhow::Result<PathBuf> {
     crate::data::hotdog(&project_dir().join(".cache/data")).context("getting the d2l hot-dog data (set WORKBOOK_DATA to a local copy)")
 }
 
-/// The backbone's pretrained ImageNet weights, with local paths taken from the project folder.
-pub fn pretrained(arch: Arch) -> anyhow::Result<WeightsSource> {
-    match arch.default_weights() {
-        WeightsSource::File(rel) => {
-            let path = project_dir().join(&rel);
-            if !path.is_file() {
-                anyhow::bail!("{} is missing: run `bash tools/fetch-weights.sh` in {}", path.display(), project_dir().display());
-            }
-            Ok(WeightsSource::File(path))
-        }
-        hub => Ok(hub),
+/// The device the notebooks train on: `WORKBOOK_DEVICE` (`cpu`, `cuda`, `cuda:N`), else the CPU.
+pub fn device() -> anyhow::Result<candle_core::Device> {
+    match std::env::var("WORKBOOK_DEVICE") {
+        Ok(d) => crate::parse_device(&d).context("WORKBOOK_DEVICE"),
+        Err(_) => Ok(candle_core::Device::Cpu),
     }
+}
+
+/// The backbone's pretrained ImageNet weights ([`default_weights`]); a local file must exist.
+pub fn pretrained(arch: Arch) -> anyhow::Result<WeightsSource> {
+    let source = default_weights(arch);
+    if let WeightsSource::File(path) = &source {
+        if !path.is_file() {
+            anyhow::bail!("{} is missing: run `bash tools/fetch-weights.sh` in the workbook's folder", crate::paths::shown(path));
+        }
+    }
+    Ok(source)
 }
 
 /// Write one Evcxr content block (`mime` and the base64 of `bytes` for binary types).

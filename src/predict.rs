@@ -1,33 +1,13 @@
-//! Inference with a saved or pretrained model: load it (a run's `model.safetensors` names its
-//! backbone and classes; ImageNet checkpoints get the 1000 ImageNet names) and rank classes.
+//! Inference with a saved or pretrained model (loaded by [`crate::checkpoint::load_model`]):
+//! rank the classes of one photo.
 
-use crate::models::weights::{read_safetensors_metadata, read_tensors};
-use crate::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
+pub use crate::checkpoint::load_model;
+use crate::models::Classifier;
 use crate::transforms::Pipeline;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
-use std::sync::Arc;
-
-/// A model for inference (BatchNorm on running statistics). `backbone` overrides the name
-/// stored in a run's `model.safetensors`; checkpoints without one need it.
-pub fn load_model(weights: &WeightsSource, backbone: Option<&str>, device: &Device, cache: Option<&Path>) -> anyhow::Result<Classifier> {
-    let path = weights.resolve(cache)?;
-    let meta = if path.extension().is_some_and(|e| e == "safetensors") { read_safetensors_metadata(&path)? } else { Default::default() };
-    let arch = match (backbone, meta.get("backbone")) {
-        (Some(b), _) => Arch::from_name(b)?,
-        (None, Some(b)) => Arch::from_name(b)?,
-        (None, None) => bail!("{} does not name its backbone: pass the backbone explicitly", path.display()),
-    };
-    let class_names: Vec<String> = match meta.get("classes") {
-        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: bad 'classes' metadata", path.display()))?,
-        None => crate::imagenet::class_names(),
-    };
-    let tensors = read_tensors(&path)?;
-    let opts = ModelOptions { arch, class_names, head_init: HeadInit::ImageNet, freeze: Freeze::Nothing, bn_mode: BnMode::Frozen, seed: 0 };
-    Classifier::pretrained(&opts, Arc::new(tensors), &path.display().to_string(), device)
-}
 
 /// One ranked class.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]

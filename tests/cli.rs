@@ -66,7 +66,13 @@ fn bad_input_fails_with_a_clear_message_not_a_panic() {
     let d = data.path().to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["scratch", "--data", "/no/such/dir", "--image-size", "32"], "/no/such/dir/train does not exist"),
-        (vec!["scratch", "--data", d, "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
+        // Closed choices are clap value enums: the error lists what is possible.
+        (vec!["scratch", "--data", d, "--backbone", "vgg16"], "invalid value 'vgg16' for '--backbone <BACKBONE>'"),
+        (vec!["scratch", "--data", d, "--backbone", "vgg16"], "possible values: resnet18, resnet34, resnet50, efficientnet-lite0"),
+        (vec!["finetune", "--data", d, "--optimizer", "rmsprop"], "invalid value 'rmsprop' for '--optimizer <OPTIMIZER>'"),
+        (vec!["finetune", "--data", d, "--augment", "mixup"], "possible values: d2l, keras"),
+        (vec!["finetune", "--data", d, "--head-init", "zeros"], "possible values: xavier, hotdog"),
+        (vec!["finetune", "--data", d, "--bn", "eval"], "possible values: train, frozen"),
         (vec!["scratch", "--data", d, "--device", "tpu"], "unknown device 'tpu'"),
         (vec!["finetune", "--data", d, "--weights", "/no/such/weights.safetensors"], "weights file /no/such/weights.safetensors not found"),
         (vec!["freeze", "--data", d, "--freeze", "layer9", "--weights", "/no/such/w.pth"], "not found"),

@@ -6,8 +6,8 @@ use candle_core::Device;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use transfer_workbook::data::ImageFolder;
-use transfer_workbook::models::weights::read_tensors;
-use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
+use transfer_workbook::checkpoint::{read_named, read_tensors};
+use transfer_workbook::models::{Arch, BnMode, Classifier, HeadInit, ModelOptions};
 use transfer_workbook::transforms::Pipeline;
 
 fn checkpoint() -> Option<PathBuf> {
@@ -22,14 +22,11 @@ fn checkpoint() -> Option<PathBuf> {
 
 fn imagenet_model(path: &Path) -> Classifier {
     let opts = ModelOptions {
-        arch: Arch::EfficientNetLite0,
-        class_names: transfer_workbook::imagenet::class_names(),
         head_init: HeadInit::ImageNet,
-        freeze: Freeze::Nothing,
         bn_mode: BnMode::Frozen,
-        seed: 0,
+        ..ModelOptions::new(Arch::EfficientNetLite0, transfer_workbook::imagenet::class_names())
     };
-    Classifier::pretrained(&opts, Arc::new(read_tensors(path).unwrap()), "lite0", &Device::Cpu).unwrap()
+    Classifier::pretrained(&opts, &read_named(path).unwrap(), &Device::Cpu).unwrap()
 }
 
 #[test]

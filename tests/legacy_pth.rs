@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Tensor};
-use transfer_workbook::models::legacy_pth::{is_legacy_pth, read_legacy_pth};
+use transfer_workbook::checkpoint::legacy_pth::{is_legacy_pth, read_legacy_pth};
 
 type R = Result<(), Box<dyn std::error::Error>>;
 
@@ -227,7 +227,7 @@ fn pytorch_zip_checkpoint_is_not_legacy() -> R {
     assert!(!is_legacy_pth(&path));
     let err = read_legacy_pth(&path).expect_err("zip is not legacy");
     assert!(
-        matches!(err, transfer_workbook::models::legacy_pth::LegacyPthError::NotLegacy(_)),
+        matches!(err, transfer_workbook::checkpoint::legacy_pth::LegacyPthError::NotLegacy(_)),
         "{err}"
     );
     Ok(())

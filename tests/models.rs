@@ -4,21 +4,13 @@
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use std::collections::HashMap;
-use std::sync::Arc;
-use transfer_workbook::models::conv::conv2d;
-use transfer_workbook::models::pool::max_pool2d;
-use transfer_workbook::models::weights::{read_tensors, save_safetensors};
-use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
+use transfer_workbook::checkpoint::{default_weights, read_named, read_tensors, save_safetensors, WeightsSource};
+use transfer_workbook::models::NamedTensors;
+use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
+use transfer_workbook::ops::{conv2d, max_pool2d};
 
 fn opts(arch: Arch, classes: usize) -> ModelOptions {
-    ModelOptions {
-        arch,
-        class_names: (0..classes).map(|i| format!("c{i}")).collect(),
-        head_init: HeadInit::Xavier,
-        freeze: Freeze::Nothing,
-        bn_mode: BnMode::Train,
-        seed: 3,
-    }
+    ModelOptions { seed: 3, ..ModelOptions::new(arch, (0..classes).map(|i| format!("c{i}")).collect()) }
 }
 
 /// A random model whose BatchNorm running statistics are not the trivial 0/1.
@@ -189,7 +181,7 @@ fn weight_files_with_missing_or_misshapen_tensors_are_named() {
 
     let mut missing = good.clone();
     missing.remove("layer3.1.bn2.running_var");
-    let err = Classifier::pretrained(&o, Arc::new(missing), "w.safetensors", &Device::Cpu).err().unwrap();
+    let err = Classifier::pretrained(&o, &NamedTensors::new(missing, "w.safetensors"), &Device::Cpu).err().unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("layer3.1.bn2.running_var") && msg.contains("w.safetensors"), "{msg}");
 
@@ -198,7 +190,7 @@ fn weight_files_with_missing_or_misshapen_tensors_are_named() {
     let path = dir.path().join("wrong.safetensors");
     save_safetensors(&wrong, HashMap::new(), &path).unwrap();
     let t = read_tensors(&path).unwrap();
-    let err = Classifier::pretrained(&o, Arc::new(t), &path.display().to_string(), &Device::Cpu).err().unwrap();
+    let err = Classifier::pretrained(&o, &NamedTensors::new(t, path.display().to_string()), &Device::Cpu).err().unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("layer2.0.conv1.weight") && msg.contains("[64, 64, 3, 3]") && msg.contains("[128, 64, 3, 3]"), "{msg}");
 
@@ -230,13 +222,12 @@ fn hub_weights_resolve_from_a_local_hf_cache_without_network() {
     save_safetensors(&m.state(), HashMap::new(), &snap.join("model.safetensors")).unwrap();
 
     let src = WeightsSource::parse("hf:timm/resnet18.tv_in1k");
-    assert_eq!(src, Arch::ResNet18.default_weights());
+    assert_eq!(src, default_weights(Arch::ResNet18));
     let path = src.resolve(Some(cache.path())).unwrap();
     assert_eq!(path, snap.join("model.safetensors"));
-    let t = read_tensors(&path).unwrap();
     let mut o = opts(Arch::ResNet18, 1000);
     o.head_init = HeadInit::ImageNet;
-    let loaded = Classifier::pretrained(&o, Arc::new(t), "hub", &Device::Cpu).unwrap();
+    let loaded = Classifier::pretrained(&o, &read_named(&path).unwrap(), &Device::Cpu).unwrap();
     let x = Tensor::randn(0f32, 1f32, (1, 3, 32, 32), &Device::Cpu).unwrap();
     assert_eq!(max_abs_diff(&loaded.forward_t(&x, false).unwrap(), &m.forward_t(&x, false).unwrap()), 0.0);
 }
@@ -244,7 +235,7 @@ fn hub_weights_resolve_from_a_local_hf_cache_without_network() {
 /// The fused CPU BatchNorm against the same arithmetic written with tensor ops.
 #[test]
 fn fused_batchnorm_matches_tensor_op_reference_forward_and_backward() {
-    use transfer_workbook::models::batch_norm_cpu::{batch_norm, channel_stats};
+    use transfer_workbook::ops::batch_norm::{batch_norm_eval, batch_norm_train};
     let dev = Device::Cpu;
     let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (3, 4, 5, 6), &dev).unwrap() + 1.0).unwrap()).unwrap();
     let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 4, &dev).unwrap()).unwrap();
@@ -254,13 +245,11 @@ fn fused_batchnorm_matches_tensor_op_reference_forward_and_backward() {
     let view = |t: &Tensor| t.reshape((1, 4, 1, 1)).unwrap();
     for batch_stats in [true, false] {
         let (rm, rv) = (Tensor::new(&[0.1f32, -0.2, 0.3, 0.0], &dev).unwrap(), Tensor::new(&[1.5f32, 0.5, 2.0, 1.0], &dev).unwrap());
-        let (mean, var) = if batch_stats {
-            let s = channel_stats(x.as_tensor()).unwrap();
-            (s.get(0).unwrap(), s.get(1).unwrap())
+        let ours = if batch_stats {
+            batch_norm_train(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps).unwrap().0
         } else {
-            (rm.clone(), rv.clone())
+            batch_norm_eval(x.as_tensor(), w.as_tensor(), b.as_tensor(), &rm, &rv, eps).unwrap()
         };
-        let ours = batch_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), &mean, &var, eps, batch_stats).unwrap();
         // Reference: statistics computed inside the graph when they come from the batch.
         let (m, v) = if batch_stats {
             let m = x.as_tensor().mean_keepdim((0, 2, 3)).unwrap();
@@ -292,7 +281,7 @@ fn fused_batchnorm_matches_tensor_op_reference_forward_and_backward() {
 /// The depthwise kernel against Candle's grouped convolution, with TF-style asymmetric padding.
 #[test]
 fn depthwise_conv_matches_candle_grouped_conv_with_gradients() {
-    use transfer_workbook::models::depthwise::{depthwise_conv2d, DwParams};
+    use transfer_workbook::ops::depthwise::{depthwise_conv2d, DwParams};
     use transfer_workbook::models::efficientnet_lite::same_padding;
     let dev = Device::Cpu;
     for &(k, stride, size) in &[(3usize, 1usize, 8usize), (3, 2, 8), (5, 2, 9), (5, 1, 7)] {
@@ -343,7 +332,7 @@ fn head_can_start_from_an_imagenet_row() {
     let imagenet = random_model(Arch::ResNet18, 1000).state();
     let mut o = opts(Arch::ResNet18, 2);
     o.head_init = HeadInit::ImageNetRow { imagenet_class: 934, target: 1 };
-    let m = Classifier::pretrained(&o, Arc::new(imagenet.clone()), "imagenet", &Device::Cpu).unwrap();
+    let m = Classifier::pretrained(&o, &NamedTensors::new(imagenet.clone(), "imagenet"), &Device::Cpu).unwrap();
     let s = m.state();
     let row = |t: &Tensor, i: usize| t.get(i).unwrap();
     assert_eq!(max_abs_diff(&row(&s["fc.weight"], 1), &row(&imagenet["fc.weight"], 934)), 0.0);

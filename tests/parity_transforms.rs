@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use transfer_workbook::models::weights::read_safetensors_metadata;
+use transfer_workbook::checkpoint::read_safetensors_metadata;
 use transfer_workbook::transforms::{sample_rng, Normalization, Pipeline};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/hotdog-seefood");

@@ -5,9 +5,9 @@ mod support;
 
 use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
-use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
-use transfer_workbook::run::load_data;
-use transfer_workbook::train::{recipes, train, OptimizerKind, ParamGroup, PhaseConfig, Reduction, RunConfig};
+use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};
+use transfer_workbook::experiment::load_data;
+use transfer_workbook::train::{recipes, train, OptimizerKind, ParamGroup, PhaseConfig, Reduction, TrainConfig};
 use transfer_workbook::transforms::{Normalization, Pipeline};
 
 fn var(v: &[f32]) -> Var {
@@ -87,19 +87,12 @@ fn adamw_matches_hand_formula() {
 fn data_and_model(dir: &std::path::Path, freeze: Freeze) -> (Arc<transfer_workbook::data::ImageFolder>, Arc<transfer_workbook::data::ImageFolder>, Classifier) {
     support::write_color_dataset(dir, 24, 12);
     let (train_ds, test_ds) = load_data(dir, None).unwrap();
-    let opts = ModelOptions {
-        arch: Arch::ResNet18,
-        class_names: train_ds.classes.clone(),
-        head_init: HeadInit::Xavier,
-        freeze,
-        bn_mode: BnMode::Train,
-        seed: 5,
-    };
+    let opts = ModelOptions { freeze, seed: 5, ..ModelOptions::new(Arch::ResNet18, train_ds.classes.clone()) };
     (train_ds, test_ds, Classifier::scratch(&opts, &Device::Cpu).unwrap())
 }
 
-fn run_config(out: Option<std::path::PathBuf>, resume: bool) -> RunConfig {
-    RunConfig {
+fn run_config(out: Option<std::path::PathBuf>, resume: bool) -> TrainConfig {
+    TrainConfig {
         batch_size: 16,
         seed: 1,
         train_pipeline: Pipeline::d2l_train(32, Normalization::imagenet()),
@@ -190,7 +183,7 @@ fn two_phase_recipe_marks_phases_and_restores_the_best_epoch() {
     let best_loss = h.records.iter().find(|r| r.epoch == best).unwrap().test_loss;
     assert!(h.records.iter().filter(|r| r.phase == "fine-tune").all(|r| r.test_loss >= best_loss));
     // The model now holds the best epoch's weights.
-    let saved = transfer_workbook::models::weights::read_tensors(&out.path().join("best.safetensors")).unwrap();
+    let saved = transfer_workbook::checkpoint::read_tensors(&out.path().join("best.safetensors")).unwrap();
     for (k, t) in o.model.state() {
         let d = (t - &saved[&k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{k}");

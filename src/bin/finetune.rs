@@ -2,12 +2,13 @@
 
 use anyhow::{bail, Context};
 use candle_core::Device;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
+use transfer_workbook::checkpoint::{default_weights, load_model, WeightsSource};
 use transfer_workbook::data::{hotdog, ImageFolder};
-use transfer_workbook::predict::{load_model, open_image};
-use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
+use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
+use transfer_workbook::predict::open_image;
 use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction};
 use transfer_workbook::transforms::Pipeline;
 use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
@@ -43,15 +44,34 @@ enum Command {
     Download(DownloadArgs),
 }
 
+/// `--optimizer`: the update rule (the recipe's momentum and weight decay unless given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OptimizerName {
+    Sgd,
+    /// AdamW without weight decay unless `--weight-decay` is given.
+    Adam,
+    Adamw,
+}
+
+/// `--head-init`: how the new head starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HeadStart {
+    /// Xavier-uniform weights (d2l).
+    Xavier,
+    /// The hot-dog row from ImageNet class 934 (d2l exercise 4).
+    #[value(alias = "imagenet-934")]
+    Hotdog,
+}
+
 #[derive(Args)]
 struct BenchArgs {
-    /// Comma-separated backbones.
-    #[arg(long, default_value = "resnet18,efficientnet-lite0")]
-    backbone: String,
+    /// Backbones, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "resnet18,efficientnet-lite0")]
+    backbone: Vec<Arch>,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     #[arg(long, default_value_t = 224)]
-    image_size: usize,
+    image_size: u32,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     #[arg(long, default_value_t = 3)]
@@ -78,7 +98,7 @@ struct ZeroShotArgs {
     #[arg(long, default_value = "test")]
     split: String,
     #[arg(long, default_value = "efficientnet-lite0")]
-    backbone: String,
+    backbone: Arch,
     /// Pretrained ImageNet weights (default: the backbone's).
     #[arg(long)]
     weights: Option<String>,
@@ -104,7 +124,7 @@ struct CommonArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     #[arg(long, default_value = "resnet18")]
-    backbone: String,
+    backbone: Arch,
     /// Pretrained weights: a .safetensors or .pth file, or hf:owner/repo[/file] (default: the backbone's hub weights).
     #[arg(long)]
     weights: Option<String>,
@@ -146,31 +166,31 @@ struct TrainArgs {
     /// Head learning rate = lr x this (default: the recipe's).
     #[arg(long)]
     head_lr_mult: Option<f64>,
-    /// sgd, adam or adamw.
+    /// The update rule (default: the recipe's).
     #[arg(long)]
-    optimizer: Option<String>,
+    optimizer: Option<OptimizerName>,
     #[arg(long)]
     momentum: Option<f64>,
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// sum (d2l) or mean.
+    /// How the batch loss is reduced: sum (d2l) or mean.
     #[arg(long)]
     loss: Option<Reduction>,
     /// none, backbone, or a block name: freeze every block below it (e.g. layer3).
     #[arg(long)]
     freeze: Option<Freeze>,
-    /// BatchNorm while training: train (batch statistics) or frozen (running statistics).
+    /// BatchNorm while training: batch statistics (train) or running statistics (frozen).
     #[arg(long)]
     bn: Option<BnMode>,
     /// Stop after this many epochs without test-loss improvement, keeping the best weights.
     #[arg(long)]
     patience: Option<usize>,
-    /// d2l (RandomResizedCrop) or keras (resize + random crop).
-    #[arg(long, default_value = "d2l")]
-    augment: String,
-    /// The new head's start: xavier, or hotdog (the hot-dog class row from ImageNet class 934; d2l exercise 4).
-    #[arg(long, default_value = "xavier")]
-    head_init: String,
+    /// Training augmentation: d2l (RandomResizedCrop + flip) or keras (resize + random crop + flip).
+    #[arg(long, value_enum, default_value_t = Augment::D2l)]
+    augment: Augment,
+    /// The new head's start.
+    #[arg(long, value_enum, default_value_t = HeadStart::Xavier)]
+    head_init: HeadStart,
     /// With --head-init hotdog: the class folder that gets row 934 (default: the one named like 'hotdog').
     #[arg(long)]
     positive_class: Option<String>,
@@ -205,7 +225,7 @@ struct PredictArgs {
     weights: Option<String>,
     /// Needed when the weights file does not name it.
     #[arg(long)]
-    backbone: Option<String>,
+    backbone: Option<Arch>,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
     #[arg(long, default_value_t = 224)]
@@ -219,7 +239,7 @@ struct PredictArgs {
 #[derive(Args)]
 struct InfoArgs {
     #[arg(long, default_value = "resnet18")]
-    backbone: String,
+    backbone: Arch,
     /// Pretrained weights to inspect (default: random weights, same shapes).
     #[arg(long)]
     weights: Option<String>,
@@ -261,26 +281,25 @@ fn data_dir(data: &Option<PathBuf>, cache: &Option<PathBuf>) -> anyhow::Result<P
 }
 
 fn weights_source(arch: Arch, weights: &Option<String>) -> WeightsSource {
-    weights.as_deref().map(WeightsSource::parse).unwrap_or_else(|| arch.default_weights())
+    weights.as_deref().map(WeightsSource::parse).unwrap_or_else(|| default_weights(arch))
 }
 
-fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> anyhow::Result<OptimizerKind> {
-    let name = a.optimizer.clone().unwrap_or_else(|| base.name().to_string());
-    let (base_m, base_wd) = match base {
-        OptimizerKind::Sgd { momentum, weight_decay } => (*momentum, *weight_decay),
-        OptimizerKind::AdamW { weight_decay, .. } => (0.0, *weight_decay),
+fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> OptimizerKind {
+    let (base_name, base_m, base_wd) = match base {
+        OptimizerKind::Sgd { momentum, weight_decay } => (OptimizerName::Sgd, *momentum, *weight_decay),
+        OptimizerKind::AdamW { weight_decay, .. } if *weight_decay == 0.0 => (OptimizerName::Adam, 0.0, 0.0),
+        OptimizerKind::AdamW { weight_decay, .. } => (OptimizerName::Adamw, 0.0, *weight_decay),
     };
     let wd = a.weight_decay.unwrap_or(base_wd);
-    Ok(match name.as_str() {
-        "sgd" => OptimizerKind::sgd(a.momentum.unwrap_or(base_m), wd),
-        "adam" => OptimizerKind::adamw(a.weight_decay.unwrap_or(0.0)),
-        "adamw" => OptimizerKind::adamw(wd),
-        other => bail!("unknown optimizer '{other}' (expected sgd, adam or adamw)"),
-    })
+    match a.optimizer.unwrap_or(base_name) {
+        OptimizerName::Sgd => OptimizerKind::sgd(a.momentum.unwrap_or(base_m), wd),
+        OptimizerName::Adam => OptimizerKind::adamw(a.weight_decay.unwrap_or(0.0)),
+        OptimizerName::Adamw => OptimizerKind::adamw(wd),
+    }
 }
 
 fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
-    let arch = Arch::from_name(&common.backbone)?;
+    let arch = common.backbone;
     let device = parse_device(&common.device)?;
     if common.batch_size == 0 || common.image_size < 32 {
         bail!("--batch-size must be at least 1 and --image-size at least 32");
@@ -316,45 +335,38 @@ fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
 }
 
 fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
-    let arch = Arch::from_name(&a.common.backbone)?;
+    let arch = a.common.backbone;
     let (base, init) = match command {
         "scratch" => (recipes::d2l_scratch(a.epochs), ModelInit::Scratch),
         "freeze" => (recipes::d2l_freeze(a.epochs), ModelInit::Pretrained(weights_source(arch, &a.common.weights))),
         _ => (recipes::d2l_finetune(a.epochs), ModelInit::Pretrained(weights_source(arch, &a.common.weights))),
     };
     let phase = PhaseConfig {
-        optimizer: optimizer_from(&a, &base.optimizer)?,
+        optimizer: optimizer_from(&a, &base.optimizer),
         lr: a.lr.unwrap_or(base.lr),
         head_lr_mult: a.head_lr_mult.unwrap_or(base.head_lr_mult),
         reduction: a.loss.unwrap_or(base.reduction),
         freeze: a.freeze.clone().unwrap_or(base.freeze.clone()),
         bn_mode: a.bn.unwrap_or(base.bn_mode),
-        early_stopping: a.patience.map(|p| EarlyStopping { patience: p, min_delta: 0.0 }),
+        early_stopping: a.patience.map(EarlyStopping::new),
         ..base
     };
-    let augment = match a.augment.as_str() {
-        "d2l" => Augment::D2l,
-        "keras" => Augment::Keras,
-        other => bail!("unknown augmentation '{other}' (expected d2l or keras)"),
-    };
-    let mut exp = experiment(&a.common, command, init, vec![phase], augment)?;
-    exp.head_init = match a.head_init.as_str() {
-        "xavier" => HeadInit::Xavier,
-        "hotdog" | "imagenet-934" => {
+    let mut exp = experiment(&a.common, command, init, vec![phase], a.augment)?;
+    exp.head_init = match a.head_init {
+        HeadStart::Xavier => HeadInit::Xavier,
+        HeadStart::Hotdog => {
             if exp.init == ModelInit::Scratch {
                 bail!("--head-init hotdog needs pretrained weights");
             }
             let classes = transfer_workbook::data::image_folder::class_folders(&exp.data.join("train"))?;
-            let target = transfer_workbook::zero_shot::positive_class(&classes, a.positive_class.as_deref())? as usize;
-            HeadInit::ImageNetRow { imagenet_class: transfer_workbook::imagenet::HOTDOG_CLASS, target }
+            HeadInit::hotdog(&classes, a.positive_class.as_deref())?
         }
-        other => bail!("unknown head init '{other}' (expected xavier or hotdog)"),
     };
     run_experiment(exp)
 }
 
 fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
-    let arch = Arch::from_name(&a.common.backbone)?;
+    let arch = a.common.backbone;
     let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
     phases[0].lr = a.head_lr;
     phases[1].lr = a.fine_lr;
@@ -368,13 +380,12 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
 /// or pretrained weights with their ImageNet head.
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
-    let arch_hint = a.backbone.as_deref().map(Arch::from_name).transpose()?;
-    let source = match (&a.weights, arch_hint) {
+    let source = match (&a.weights, a.backbone) {
         (Some(w), _) => WeightsSource::parse(w),
-        (None, Some(arch)) => arch.default_weights(),
+        (None, Some(arch)) => default_weights(arch),
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
-    let model = load_model(&source, a.backbone.as_deref(), &device, a.cache_dir.as_deref())?;
+    let model = load_model(&source, a.backbone, &device, a.cache_dir.as_deref())?;
     for path in &a.images {
         let preds = transfer_workbook::predict::predict(&model, &open_image(path)?, a.image_size, a.top_k)?;
         println!("{}:", path.display());
@@ -386,20 +397,10 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
-    let arch = Arch::from_name(&a.backbone)?;
+    let arch = a.backbone;
     let model = match &a.weights {
-        Some(w) => load_model(&WeightsSource::parse(w), Some(&a.backbone), &Device::Cpu, a.cache_dir.as_deref())?,
-        None => {
-            let opts = ModelOptions {
-                arch,
-                class_names: transfer_workbook::imagenet::class_names(),
-                head_init: HeadInit::Xavier,
-                freeze: Freeze::Nothing,
-                bn_mode: BnMode::Train,
-                seed: 0,
-            };
-            Classifier::scratch(&opts, &Device::Cpu)?
-        }
+        Some(w) => load_model(&WeightsSource::parse(w), Some(arch), &Device::Cpu, a.cache_dir.as_deref())?,
+        None => Classifier::scratch(&ModelOptions::new(arch, transfer_workbook::imagenet::class_names()), &Device::Cpu)?,
     };
     println!("backbone: {arch} (normalization {:?})", arch.normalization());
     println!("{}: {}", arch.head_prefix(), model.head_description());
@@ -408,7 +409,7 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
     for freeze in [Freeze::Nothing, Freeze::Below(arch.default_unfreeze_from()), Freeze::Backbone] {
         let m = model.rebuild(freeze.clone(), BnMode::Train)?;
         let (_, trainable) = m.parameter_counts();
-        println!("trainable with --freeze {:<10} {trainable}", freeze_label(&freeze));
+        println!("trainable with --freeze {:<10} {trainable}", freeze.to_string());
     }
     println!("blocks (input side first): {}", arch.blocks().join(", "));
     Ok(())
@@ -416,9 +417,9 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
 
 fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    let arch = Arch::from_name(&a.backbone)?;
+    let arch = a.backbone;
     let device = parse_device(&a.device)?;
-    let model = load_model(&weights_source(arch, &a.weights), Some(&a.backbone), &device, a.cache_dir.as_deref())?;
+    let model = load_model(&weights_source(arch, &a.weights), Some(arch), &device, a.cache_dir.as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");
     }
@@ -429,7 +430,7 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let norm = a.normalization.unwrap_or(arch.normalization());
     let pipeline = Pipeline::d2l_test(a.image_size, norm);
     let r = transfer_workbook::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
-    eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive as usize], model.class_names[934]);
+    eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive], model.class_names[934]);
     println!("top-5 test acc {:.3}", r.top5_acc);
     println!("test acc {:.3}", r.top1_acc);
     eprintln!("{:.1} s on {}", t0.elapsed().as_secs_f64(), device_label(&device));
@@ -438,10 +439,9 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
-    transfer_workbook::models::depthwise::use_candle_grouped_conv(a.candle_depthwise);
+    transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
-    for name in a.backbone.split(',') {
-        let arch = Arch::from_name(name.trim())?;
+    for &arch in &a.backbone {
         let r = transfer_workbook::bench::bench_model(arch, &device, a.batch_size, a.image_size, a.freeze.clone(), a.warmup, a.steps)?;
         println!(
             "{:<20} {:>8} {:>6} {:>6} {:>12.1} {:>10.0} {:>12.1}",
@@ -455,7 +455,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &a.data {
         let ds = Arc::new(ImageFolder::load(dir.join("train"))?);
-        let pipeline = Arc::new(Pipeline::d2l_train(a.image_size as u32, transfer_workbook::transforms::Normalization::imagenet()));
+        let pipeline = Arc::new(Pipeline::d2l_train(a.image_size, transfer_workbook::transforms::Normalization::imagenet()));
         let t0 = std::time::Instant::now();
         let mut n = 0;
         for b in transfer_workbook::data::Loader::new(ds.clone(), pipeline, a.batch_size, true, 0, 0) {
@@ -464,14 +464,6 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         println!("data pipeline (augment + batch, images already decoded): {:.1} img/s", n as f64 / t0.elapsed().as_secs_f64());
     }
     Ok(())
-}
-
-fn freeze_label(f: &Freeze) -> String {
-    match f {
-        Freeze::Nothing => "none".into(),
-        Freeze::Backbone => "backbone".into(),
-        Freeze::Below(b) => b.clone(),
-    }
 }
 
 fn peek(a: PeekArgs) -> anyhow::Result<()> {

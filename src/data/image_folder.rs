@@ -150,7 +150,7 @@ impl ImageFolder {
     /// One line: images per class and what was skipped.
     pub fn summary(&self) -> String {
         let counts: Vec<String> = self.classes.iter().zip(self.class_counts()).map(|(c, n)| format!("{c} {n}")).collect();
-        let mut s = format!("{}: {} images ({})", self.root.display(), self.len(), counts.join(", "));
+        let mut s = format!("{}: {} images ({})", crate::paths::shown(&self.root), self.len(), counts.join(", "));
         if !self.skipped.is_empty() {
             s.push_str(&format!(", {} files skipped", self.skipped.len()));
         }

@@ -1,11 +1,31 @@
 //! A `VarBuilder` that also knows its store, so layers can reach their `Var`s (BatchNorm
 //! running statistics are updated in place) and the BatchNorm mode chosen for the run.
 
-use super::batch_norm::BnMode;
-use super::store::ParamStore;
+use super::store::{ParamStore, KAIMING_FAN_OUT};
+use crate::ops::conv::Conv2d;
 use candle_core::{Result, Var};
-use super::conv::Conv2d;
-use candle_nn::{Init, VarBuilder};
+use candle_nn::VarBuilder;
+
+/// How BatchNorm layers behave while training (evaluation always uses running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnMode {
+    /// Normalise with batch statistics and update running mean/var (PyTorch `model.train()`).
+    Train,
+    /// Normalise with the running statistics and leave them untouched (Keras `training=False`).
+    Frozen,
+}
+
+impl std::str::FromStr for BnMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "train" => Ok(Self::Train),
+            "frozen" => Ok(Self::Frozen),
+            _ => anyhow::bail!("unknown BatchNorm mode '{s}' (expected 'train' or 'frozen')"),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Builder {
@@ -37,9 +57,10 @@ impl Builder {
             .ok_or_else(|| candle_core::Error::Msg(format!("parameter '{name}' was not created")))
     }
 
-    /// A bias-free convolution, weights initialised like torchvision's ResNet.
-    pub fn conv2d_no_bias(&self, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, groups: usize, init: Init) -> Result<Conv2d> {
-        let w = self.vb.get_with_hints((c_out, c_in / groups, k, k), "weight", init)?;
-        Ok(Conv2d { weight: w, stride, padding, groups })
+    /// A bias-free `k x k` convolution, weights initialised like torchvision's ResNet
+    /// (Kaiming-normal, fan-out).
+    pub fn conv2d_no_bias(&self, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+        let w = self.vb.get_with_hints((c_out, c_in, k, k), "weight", KAIMING_FAN_OUT)?;
+        Ok(Conv2d { weight: w, stride, padding })
     }
 }

@@ -1,69 +1,16 @@
 //! A backbone plus a linear head, each in its own parameter store.
 
-use super::store::{xavier_uniform, FreezeFn, ParamStore, Pretrained};
-use super::{Arch, BnMode, Builder, FeatureExtractor};
+use super::store::{xavier_uniform, FreezeFn, NamedTensors, ParamGroup, ParamStore};
+use super::{Arch, BnMode, Builder, FeatureExtractor, Freeze, HeadInit};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, Linear};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
-/// Which part of the backbone is frozen (no gradients, no optimizer updates).
-#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Freeze {
-    /// Everything trains (d2l's fine-tuning).
-    #[default]
-    Nothing,
-    /// Only the head trains (feature extraction).
-    Backbone,
-    /// Every block before the named one is frozen, e.g. `Below("layer3")` trains layer3, layer4, head.
-    Below(String),
-}
-
-impl std::str::FromStr for Freeze {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        Ok(match s {
-            "none" | "nothing" => Freeze::Nothing,
-            "backbone" | "all" => Freeze::Backbone,
-            block => Freeze::Below(block.to_string()),
-        })
-    }
-}
-
-impl Freeze {
-    /// The predicate over backbone tensor names for `arch`.
-    pub fn predicate(&self, arch: Arch) -> anyhow::Result<FreezeFn> {
-        Ok(match self {
-            Freeze::Nothing => Arc::new(|_: &str| false),
-            Freeze::Backbone => Arc::new(|_: &str| true),
-            Freeze::Below(block) => {
-                let blocks = arch.blocks();
-                let Some(cut) = blocks.iter().position(|b| b == block) else {
-                    bail!("{arch} has no block '{block}' to freeze below (blocks: {})", blocks.join(", "))
-                };
-                let frozen: Vec<String> = blocks[..cut].to_vec();
-                Arc::new(move |name: &str| frozen.contains(&arch.block_of(name)))
-            }
-        })
-    }
-}
-
-/// How the new head starts.
-#[derive(Clone, Debug, PartialEq)]
-pub enum HeadInit {
-    /// Xavier-uniform weights, PyTorch-default bias (d2l's `nn.init.xavier_uniform_`).
-    Xavier,
-    /// The pretrained ImageNet head, kept whole (1000 classes).
-    ImageNet,
-    /// Xavier, then the row of class `target` copied from ImageNet row `imagenet_class`
-    /// (d2l 13.2 exercise 4: start the "hotdog" output from ImageNet's class 934).
-    ImageNetRow { imagenet_class: usize, target: usize },
-}
-
-/// Everything needed to build a classifier.
+/// Everything needed to build a classifier. `ModelOptions::new(arch, classes)` gives the
+/// defaults (Xavier head, nothing frozen, BatchNorm in train mode, seed 0); change fields with
+/// struct update syntax: `ModelOptions { seed: 3, ..ModelOptions::new(arch, classes) }`.
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
     pub arch: Arch,
@@ -72,6 +19,12 @@ pub struct ModelOptions {
     pub freeze: Freeze,
     pub bn_mode: BnMode,
     pub seed: u64,
+}
+
+impl ModelOptions {
+    pub fn new(arch: Arch, class_names: Vec<String>) -> Self {
+        Self { arch, class_names, head_init: HeadInit::Xavier, freeze: Freeze::Nothing, bn_mode: BnMode::Train, seed: 0 }
+    }
 }
 
 pub struct Classifier {
@@ -135,9 +88,8 @@ impl Classifier {
         Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)
     }
 
-    /// A classifier whose backbone comes from `tensors` and whose head is fresh or ImageNet's.
-    pub fn pretrained(opts: &ModelOptions, tensors: Arc<HashMap<String, Tensor>>, origin: &str, device: &Device) -> anyhow::Result<Self> {
-        let p = Pretrained { tensors, origin: origin.to_string(), rename: None };
+    /// A classifier whose backbone comes from `p` and whose head is fresh or ImageNet's.
+    pub fn pretrained(opts: &ModelOptions, p: &NamedTensors, device: &Device) -> anyhow::Result<Self> {
         let backbone = ParamStore::pretrained(p.clone(), DType::F32, device);
         let head = match opts.head_init {
             HeadInit::Xavier | HeadInit::ImageNetRow { .. } => ParamStore::random(opts.seed, DType::F32, device),
@@ -145,13 +97,13 @@ impl Classifier {
         };
         let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)?;
         if let HeadInit::ImageNetRow { imagenet_class, target } = opts.head_init {
-            model.copy_head_row(&p, imagenet_class, target)?;
+            model.copy_head_row(p, imagenet_class, target)?;
         }
         Ok(model)
     }
 
     /// Overwrite head row `target` (weight and bias) with row `source` of the pretrained head.
-    fn copy_head_row(&self, p: &Pretrained, source: usize, target: usize) -> anyhow::Result<()> {
+    fn copy_head_row(&self, p: &NamedTensors, source: usize, target: usize) -> anyhow::Result<()> {
         let prefix = self.arch.head_prefix();
         for leaf in ["weight", "bias"] {
             let name = format!("{prefix}.{leaf}");
@@ -222,6 +174,18 @@ impl Classifier {
         (self.backbone_store.trainable(&self.frozen), self.head_store.trainable(&none))
     }
 
+    /// d2l's two learning rates: the trainable backbone at `lr` (no group when it is all
+    /// frozen), the head at `lr * head_lr_mult`.
+    pub fn param_groups(&self, lr: f64, head_lr_mult: f64) -> Vec<ParamGroup> {
+        let (backbone, head) = self.trainable();
+        let mut groups = Vec::new();
+        if !backbone.is_empty() {
+            groups.push(ParamGroup { name: "backbone".into(), lr, params: backbone });
+        }
+        groups.push(ParamGroup { name: "head".into(), lr: lr * head_lr_mult, params: head });
+        groups
+    }
+
     /// (total parameters, trainable parameters), buffers excluded.
     pub fn parameter_counts(&self) -> (usize, usize) {
         let total = self.backbone_store.count(None) + self.head_store.count(None);
@@ -246,11 +210,11 @@ impl Classifier {
         self.head_store.load_from(state, origin)
     }
 
-    /// Save all tensors as safetensors, with the backbone name and class names as metadata.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    /// What a saved model records beside its tensors: the backbone and the class names.
+    pub fn metadata(&self) -> HashMap<String, String> {
         let mut meta = HashMap::new();
         meta.insert("backbone".to_string(), self.arch.name().to_string());
-        meta.insert("classes".to_string(), serde_json::to_string(&self.class_names)?);
-        super::weights::save_safetensors(&self.state(), meta, path)
+        meta.insert("classes".to_string(), serde_json::to_string(&self.class_names).unwrap_or_default());
+        meta
     }
 }

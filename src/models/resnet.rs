@@ -4,11 +4,9 @@
 
 use super::batch_norm::BatchNorm;
 use super::builder::Builder;
-use super::pool::{global_avg_pool, max_pool2d};
-use super::store::KAIMING_FAN_OUT;
 use super::FeatureExtractor;
+use crate::ops::{global_avg_pool, max_pool2d, Conv2d};
 use candle_core::{Module, ModuleT, Result, Tensor};
-use super::conv::Conv2d;
 
 /// Depth variants: blocks per stage, and whether blocks are bottlenecks (ResNet-50).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +38,7 @@ impl ConvBn {
     /// `conv{i}` + `bn{i}` of a block (or `downsample.0` + `downsample.1` via explicit names).
     fn new(b: &Builder, conv: &str, bn: &str, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
         Ok(Self {
-            conv: b.pp(conv).conv2d_no_bias(c_in, c_out, k, stride, k / 2, 1, KAIMING_FAN_OUT)?,
+            conv: b.pp(conv).conv2d_no_bias(c_in, c_out, k, stride, k / 2)?,
             bn: BatchNorm::new(c_out, &b.pp(bn))?,
         })
     }
@@ -111,7 +109,7 @@ pub struct ResNet {
 impl ResNet {
     pub fn new(cfg: ResNetConfig, b: &Builder) -> Result<Self> {
         let stem = ConvBn {
-            conv: b.pp("conv1").conv2d_no_bias(3, 64, 7, 2, 3, 1, KAIMING_FAN_OUT)?,
+            conv: b.pp("conv1").conv2d_no_bias(3, 64, 7, 2, 3)?,
             bn: BatchNorm::new(64, &b.pp("bn1"))?,
         };
         let expansion = if cfg.bottleneck { 4 } else { 1 };

@@ -24,13 +24,41 @@ pub fn is_buffer(name: &str) -> bool {
 /// Decides, from a tensor's full name, whether it is frozen.
 pub type FreezeFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Pretrained values for a store, with where they came from (for error messages).
+/// Tensors by name with where they came from (a file path, for error messages): the values a
+/// pretrained store takes its tensors from.
 #[derive(Clone)]
-pub struct Pretrained {
+pub struct NamedTensors {
     pub tensors: Arc<HashMap<String, Tensor>>,
     pub origin: String,
-    /// Prefix stripped from the store's names before looking them up in `tensors`.
-    pub rename: Option<(String, String)>,
+}
+
+impl NamedTensors {
+    pub fn new(tensors: HashMap<String, Tensor>, origin: impl Into<String>) -> Self {
+        Self { tensors: Arc::new(tensors), origin: origin.into() }
+    }
+
+    /// `tensors[name]`, checked against `shape`: a missing name or a wrong shape is an error
+    /// naming the tensor and the origin.
+    pub fn get_checked(&self, name: &str, shape: &[usize]) -> Result<&Tensor> {
+        check_tensor(self.tensors.get(name), name, shape, &self.origin)
+    }
+}
+
+/// Parameters sharing one learning rate (the optimizers take a list of these).
+#[derive(Clone)]
+pub struct ParamGroup {
+    pub name: String,
+    pub lr: f64,
+    pub params: Vec<(String, Var)>,
+}
+
+/// The one wording of "no tensor named" / "wrong shape" errors.
+fn check_tensor<'a>(t: Option<&'a Tensor>, name: &str, shape: &[usize], origin: &str) -> Result<&'a Tensor> {
+    let t = t.ok_or_else(|| candle_core::Error::Msg(format!("{origin}: no tensor named '{name}' (expected shape {shape:?})")))?;
+    if t.dims() != shape {
+        candle_core::bail!("{origin}: tensor '{name}' has shape {:?}, expected {shape:?}", t.dims());
+    }
+    Ok(t)
 }
 
 /// A named group of tensors (backbone or head) kept in one `VarMap`.
@@ -38,7 +66,7 @@ pub struct Pretrained {
 pub struct ParamStore {
     pub varmap: VarMap,
     rng: Arc<Mutex<ChaCha8Rng>>,
-    pretrained: Option<Pretrained>,
+    pretrained: Option<NamedTensors>,
     dtype: DType,
     device: Device,
 }
@@ -56,7 +84,7 @@ impl ParamStore {
     }
 
     /// A store whose tensors must all come from `pretrained`.
-    pub fn pretrained(pretrained: Pretrained, dtype: DType, device: &Device) -> Self {
+    pub fn pretrained(pretrained: NamedTensors, dtype: DType, device: &Device) -> Self {
         let mut s = Self::random(0, dtype, device);
         s.pretrained = Some(pretrained);
         s
@@ -103,12 +131,7 @@ impl ParamStore {
     /// A missing name or a wrong shape is an error naming the tensor and `origin`.
     pub fn load_from(&self, values: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
         for (name, var) in self.named_vars() {
-            let src = values.get(&name).ok_or_else(|| {
-                candle_core::Error::Msg(format!("{origin}: no tensor named '{name}' (expected shape {:?})", var.dims()))
-            })?;
-            if src.dims() != var.dims() {
-                candle_core::bail!("{origin}: tensor '{name}' has shape {:?}, expected {:?}", src.dims(), var.dims());
-            }
+            let src = check_tensor(values.get(&name), &name, var.dims(), origin)?;
             // A copy: `set` refuses a tensor that shares the variable's own storage.
             var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?.copy()?)?;
         }
@@ -124,21 +147,7 @@ struct StoreBackend {
 impl StoreBackend {
     fn initial_value(&self, shape: &Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         if let Some(p) = &self.store.pretrained {
-            let key = match &p.rename {
-                Some((from, to)) if name.starts_with(from.as_str()) => format!("{to}{}", &name[from.len()..]),
-                _ => name.to_string(),
-            };
-            let t = p.tensors.get(&key).ok_or_else(|| {
-                candle_core::Error::Msg(format!(
-                    "{}: no tensor named '{key}' (expected shape {:?})",
-                    p.origin,
-                    shape.dims()
-                ))
-            })?;
-            if t.dims() != shape.dims() {
-                candle_core::bail!("{}: tensor '{key}' has shape {:?}, expected {:?}", p.origin, t.dims(), shape.dims());
-            }
-            return t.to_dtype(dtype)?.to_device(dev);
+            return p.get_checked(name, shape.dims())?.to_dtype(dtype)?.to_device(dev);
         }
         let mut rng = self.store.rng.lock().map_err(|_| candle_core::Error::Msg("rng poisoned".into()))?;
         seeded_init(&mut rng, shape, init)?.to_dtype(dtype)?.to_device(dev)

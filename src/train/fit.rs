@@ -1,28 +1,25 @@
 //! The training loop: phases (each with its own freezing, BatchNorm mode, optimizer and
 //! learning rates), d2l's per-epoch report, early stopping with best-weights restore, and
 //! a checkpoint after every epoch that a later run resumes from exactly.
+//!
+//! [`train`] reads as: resume, then phases, then epochs.
 
+use super::early_stopping::{EarlyStopping, Verdict, Watch};
+use super::evaluate::evaluate;
 use super::history::{EpochRecord, History};
 use super::metrics::{correct, cross_entropy, Reduction};
-use super::optim::{Optimizer, OptimizerKind, ParamGroup};
+use super::optim::{Optimizer, OptimizerKind};
+use crate::checkpoint::RunFiles;
 use crate::data::{ImageFolder, Loader};
 use crate::models::{BnMode, Classifier, Freeze};
 use crate::transforms::Pipeline;
-use anyhow::Context;
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EarlyStopping {
-    /// Epochs without improvement of the test/validation loss before stopping.
-    pub patience: usize,
-    pub min_delta: f64,
-}
 
 /// One phase of training.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -37,12 +34,13 @@ pub struct PhaseConfig {
     pub freeze: Freeze,
     pub bn_mode: BnMode,
     pub reduction: Reduction,
+    /// Stop the phase when the test loss stops improving, and keep its best weights.
     pub early_stopping: Option<EarlyStopping>,
 }
 
 /// What stays the same across phases.
 #[derive(Clone, Debug)]
-pub struct RunConfig {
+pub struct TrainConfig {
     pub batch_size: usize,
     pub seed: u64,
     pub train_pipeline: Pipeline,
@@ -55,9 +53,9 @@ pub struct RunConfig {
     pub device_label: String,
 }
 
-/// Where a run stands, saved beside the checkpoint.
+/// Where a run stands, saved as the checkpoint's `state.json`.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-struct RunState {
+struct ResumeState {
     epochs_done: usize,
     /// Epochs finished in each phase so far; a phase runs on until its configured count, so a
     /// finished run resumed with more epochs trains the extra ones.
@@ -67,35 +65,181 @@ struct RunState {
     /// The phase whose optimizer state is in `optimizer.safetensors`.
     optimizer_phase: Option<usize>,
     optimizer_steps: u64,
-    best_loss: Option<f64>,
-    best_epoch: Option<usize>,
-    wait: usize,
+    #[serde(flatten)]
+    watch: Watch,
     history: History,
 }
 
-impl RunState {
+impl ResumeState {
     fn ensure(&mut self, phases: usize) {
         self.phase_epochs.resize(phases.max(self.phase_epochs.len()), 0);
         self.stopped_early.resize(phases.max(self.stopped_early.len()), false);
     }
 }
 
-/// Mean loss per example and accuracy of `model` in evaluation mode.
-pub fn evaluate(model: &Classifier, ds: &Arc<ImageFolder>, pipeline: &Arc<Pipeline>, batch_size: usize) -> anyhow::Result<(f64, f64)> {
-    let (mut loss, mut ok, mut n) = (0.0, 0usize, 0usize);
-    for batch in Loader::new(ds.clone(), pipeline.clone(), batch_size, false, 0, 0) {
-        let b = batch?;
-        let x = b.images.to_device(model.device())?;
-        let y = b.labels.to_device(model.device())?;
-        let logits = model.forward_t(&x, false)?;
-        loss += cross_entropy(&logits, &y, Reduction::Sum)?.to_scalar::<f32>()? as f64;
-        ok += correct(&logits, &y)?;
-        n += b.len;
-    }
-    Ok((loss / n.max(1) as f64, ok as f64 / n.max(1) as f64))
+pub struct Outcome {
+    pub model: Classifier,
+    pub history: History,
 }
 
-fn progress_bar(run: &RunConfig, len: usize, label: String) -> ProgressBar {
+/// Train `model` through `phases`. `on_epoch` sees each finished epoch (for live plots).
+pub fn train(
+    model: Classifier,
+    train: Arc<ImageFolder>,
+    test: Arc<ImageFolder>,
+    phases: &[PhaseConfig],
+    cfg: &TrainConfig,
+    on_epoch: &mut dyn FnMut(&EpochRecord, &History),
+) -> anyhow::Result<Outcome> {
+    if train.classes != model.class_names {
+        anyhow::bail!("the data has classes {:?} but the model's head has {:?}", train.classes, model.class_names);
+    }
+    let files = cfg.checkpoint_dir.clone().map(|dir| RunFiles { dir });
+    if let Some(f) = &files {
+        f.create()?;
+    }
+    let mut state = resume(&model, cfg, files.as_ref())?;
+    state.ensure(phases.len());
+    let data = Data { train, test, train_pipe: Arc::new(cfg.train_pipeline.clone()), test_pipe: Arc::new(cfg.test_pipeline.clone()) };
+    let mut model = model;
+    for (pi, phase) in phases.iter().enumerate() {
+        if state.stopped_early[pi] || state.phase_epochs[pi] >= phase.epochs {
+            continue;
+        }
+        model = model.rebuild(phase.freeze.clone(), phase.bn_mode)?;
+        let mut run = PhaseRun::start(&model, pi, phase, &mut state, files.as_ref())?;
+        while state.phase_epochs[pi] < phase.epochs {
+            if run.epoch(&model, phases.len(), &data, cfg, &mut state, on_epoch)? == Verdict::Stop {
+                break;
+            }
+        }
+    }
+    Ok(Outcome { model, history: state.history })
+}
+
+/// The saved state of an interrupted run (its model loaded into `model`), or a fresh start.
+fn resume(model: &Classifier, cfg: &TrainConfig, files: Option<&RunFiles>) -> anyhow::Result<ResumeState> {
+    if let (true, Some(f)) = (cfg.resume, files) {
+        if let Some(s) = f.load::<ResumeState>(model)? {
+            eprintln!("resuming from {} after epoch {}", f.dir.display(), s.epochs_done);
+            return Ok(s);
+        }
+    }
+    Ok(ResumeState::default())
+}
+
+struct Data {
+    train: Arc<ImageFolder>,
+    test: Arc<ImageFolder>,
+    train_pipe: Arc<Pipeline>,
+    test_pipe: Arc<Pipeline>,
+}
+
+/// One phase under way: its optimizer and the best weights early stopping has kept.
+struct PhaseRun<'a> {
+    index: usize,
+    phase: &'a PhaseConfig,
+    opt: Optimizer,
+    best: Option<HashMap<String, Tensor>>,
+    files: Option<&'a RunFiles>,
+}
+
+impl<'a> PhaseRun<'a> {
+    /// A new optimizer for the phase; a phase resumed half-way gets its optimizer state and
+    /// best weights back, a phase starting afresh forgets the previous phase's best loss.
+    fn start(model: &Classifier, index: usize, phase: &'a PhaseConfig, state: &mut ResumeState, files: Option<&'a RunFiles>) -> anyhow::Result<Self> {
+        let mut opt = Optimizer::new(phase.optimizer.clone(), model.param_groups(phase.lr, phase.head_lr_mult));
+        let continuing = state.phase_epochs[index] > 0;
+        let mut best = None;
+        if let (true, Some(f)) = (continuing, files) {
+            if state.optimizer_phase == Some(index) {
+                if let Some(t) = f.load_optimizer()? {
+                    opt.load_state(t, state.optimizer_steps)?;
+                }
+            }
+        }
+        if continuing && phase.early_stopping.is_some() {
+            if let Some(f) = files {
+                best = f.load_best()?;
+            }
+        } else {
+            state.watch = Watch::default();
+        }
+        Ok(Self { index, phase, opt, best, files })
+    }
+
+    /// Train one epoch, evaluate, report, apply early stopping, checkpoint.
+    fn epoch(
+        &mut self,
+        model: &Classifier,
+        num_phases: usize,
+        data: &Data,
+        cfg: &TrainConfig,
+        state: &mut ResumeState,
+        on_epoch: &mut dyn FnMut(&EpochRecord, &History),
+    ) -> anyhow::Result<Verdict> {
+        let (pi, phase) = (self.index, self.phase);
+        let epoch = state.epochs_done + 1;
+        let label = if num_phases > 1 {
+            format!("{} epoch {}/{}", phase.name, state.phase_epochs[pi] + 1, phase.epochs)
+        } else {
+            format!("epoch {}/{}", epoch, phase.epochs)
+        };
+        let (loss, train_acc, n, secs) = train_epoch(model, &mut self.opt, phase, &data.train, &data.train_pipe, cfg, epoch, label)?;
+        let (test_loss, test_acc) = evaluate(model, &data.test, &data.test_pipe, cfg.batch_size)?;
+        let rec = EpochRecord {
+            epoch,
+            loss,
+            train_acc,
+            test_acc,
+            test_loss,
+            examples_per_sec: n as f64 / secs.max(1e-9),
+            train_seconds: secs,
+            phase: phase.name.clone(),
+            lr: phase.lr,
+        };
+        println!(
+            "epoch {epoch} [{}]: loss {loss:.3}, train acc {train_acc:.3}, test loss {test_loss:.3}, test acc {test_acc:.3}, {:.1} examples/sec",
+            phase.name, rec.examples_per_sec
+        );
+        state.history.records.push(rec.clone());
+        state.epochs_done += 1;
+        state.phase_epochs[pi] += 1;
+        state.optimizer_phase = Some(pi);
+        state.optimizer_steps = self.opt.steps;
+        let verdict = match &phase.early_stopping {
+            Some(es) => es.observe(&mut state.watch, test_loss, epoch),
+            None => Verdict::Wait,
+        };
+        match verdict {
+            Verdict::Improved => {
+                let snap = snapshot(model)?;
+                if let Some(f) = self.files {
+                    f.save_best(&snap)?;
+                }
+                self.best = Some(snap);
+            }
+            Verdict::Stop => {
+                println!("early stopping: no test-loss improvement for {} epochs", phase.early_stopping.as_ref().map_or(0, |e| e.patience));
+                state.stopped_early[pi] = true;
+            }
+            Verdict::Wait => {}
+        }
+        let phase_over = state.stopped_early[pi] || state.phase_epochs[pi] == phase.epochs;
+        if let (true, Some(_), Some(b)) = (phase_over, &phase.early_stopping, &self.best) {
+            model.load_state(b, "best weights")?;
+            state.history.best_epoch = state.watch.best_epoch;
+            println!("restored the best weights (epoch {})", state.watch.best_epoch.unwrap_or(0));
+        }
+        if let Some(f) = self.files {
+            f.save(model, Some(self.opt.state()), &*state)?;
+        }
+        on_epoch(&rec, &state.history);
+        Ok(verdict)
+    }
+}
+
+fn progress_bar(run: &TrainConfig, len: usize, label: String) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if !run.progress {
         bar.set_draw_target(ProgressDrawTarget::hidden());
@@ -115,7 +259,7 @@ fn train_epoch(
     phase: &PhaseConfig,
     train: &Arc<ImageFolder>,
     pipeline: &Arc<Pipeline>,
-    run: &RunConfig,
+    run: &TrainConfig,
     epoch: usize,
     label: String,
 ) -> anyhow::Result<(f64, f64, usize, f64)> {
@@ -157,181 +301,7 @@ fn train_epoch(
     Ok((loss_sum / n.max(1) as f64, ok as f64 / n.max(1) as f64, n, secs))
 }
 
-fn optimizer_for(model: &Classifier, phase: &PhaseConfig) -> Optimizer {
-    let (backbone, head) = model.trainable();
-    let mut groups = Vec::new();
-    if !backbone.is_empty() {
-        groups.push(ParamGroup { name: "backbone".into(), lr: phase.lr, params: backbone });
-    }
-    groups.push(ParamGroup { name: "head".into(), lr: phase.lr * phase.head_lr_mult, params: head });
-    Optimizer::new(phase.optimizer.clone(), groups)
-}
-
 /// Deep copy (the model's tensors are updated in place).
 fn snapshot(model: &Classifier) -> anyhow::Result<HashMap<String, Tensor>> {
     model.state().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect()
-}
-
-struct Checkpoint {
-    dir: PathBuf,
-}
-
-impl Checkpoint {
-    fn model(&self) -> PathBuf {
-        self.dir.join("model.safetensors")
-    }
-    fn best(&self) -> PathBuf {
-        self.dir.join("best.safetensors")
-    }
-    fn optimizer(&self) -> PathBuf {
-        self.dir.join("optimizer.safetensors")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.join("state.json")
-    }
-
-    fn save(&self, model: &Classifier, opt: Option<&Optimizer>, state: &RunState) -> anyhow::Result<()> {
-        model.save(&self.model())?;
-        if let Some(opt) = opt {
-            crate::models::weights::save_safetensors(opt.state(), HashMap::new(), &self.optimizer())?;
-        }
-        let s = serde_json::to_string_pretty(state)?;
-        std::fs::write(self.state(), s).with_context(|| format!("writing {}", self.state().display()))
-    }
-
-    fn load(&self, model: &Classifier) -> anyhow::Result<Option<RunState>> {
-        if !self.state().is_file() {
-            return Ok(None);
-        }
-        let s = std::fs::read_to_string(self.state())?;
-        let state: RunState = serde_json::from_str(&s).with_context(|| format!("parsing {}", self.state().display()))?;
-        let tensors = crate::models::weights::read_tensors(&self.model())?;
-        model.load_state(&tensors, &self.model().display().to_string())?;
-        Ok(Some(state))
-    }
-}
-
-pub struct Outcome {
-    pub model: Classifier,
-    pub history: History,
-}
-
-/// Train `model` through `phases`. `on_epoch` sees each finished epoch (for live plots).
-pub fn train(
-    model: Classifier,
-    train: Arc<ImageFolder>,
-    test: Arc<ImageFolder>,
-    phases: &[PhaseConfig],
-    run: &RunConfig,
-    on_epoch: &mut dyn FnMut(&EpochRecord, &History),
-) -> anyhow::Result<Outcome> {
-    if train.classes != model.class_names {
-        anyhow::bail!("the data has classes {:?} but the model's head has {:?}", train.classes, model.class_names);
-    }
-    let train_pipe = Arc::new(run.train_pipeline.clone());
-    let test_pipe = Arc::new(run.test_pipeline.clone());
-    let ckpt = run.checkpoint_dir.as_ref().map(|d| Checkpoint { dir: d.clone() });
-    if let Some(c) = &ckpt {
-        std::fs::create_dir_all(&c.dir).with_context(|| format!("creating {}", c.dir.display()))?;
-    }
-    let mut state = RunState::default();
-    if let (true, Some(c)) = (run.resume, &ckpt) {
-        if let Some(s) = c.load(&model)? {
-            eprintln!("resuming from {} after epoch {}", c.dir.display(), s.epochs_done);
-            state = s;
-        }
-    }
-    let mut model = model;
-    let mut best: Option<HashMap<String, Tensor>> = None;
-    state.ensure(phases.len());
-    for (pi, phase) in phases.iter().enumerate() {
-        if state.stopped_early[pi] || state.phase_epochs[pi] >= phase.epochs {
-            continue;
-        }
-        model = model.rebuild(phase.freeze.clone(), phase.bn_mode)?;
-        let mut opt = optimizer_for(&model, phase);
-        let continuing = state.phase_epochs[pi] > 0;
-        if continuing && state.optimizer_phase == Some(pi) {
-            if let Some(c) = ckpt.as_ref().filter(|c| c.optimizer().is_file()) {
-                opt.load_state(crate::models::weights::read_tensors(&c.optimizer())?, state.optimizer_steps)?;
-            }
-        }
-        if continuing && phase.early_stopping.is_some() {
-            if let Some(c) = ckpt.as_ref().filter(|c| c.best().is_file()) {
-                best = Some(crate::models::weights::read_tensors(&c.best())?);
-            }
-        } else {
-            state.best_loss = None;
-            state.wait = 0;
-            best = None;
-        }
-        while state.phase_epochs[pi] < phase.epochs {
-            let epoch = state.epochs_done + 1;
-            let label = if phases.len() > 1 {
-                format!("{} epoch {}/{}", phase.name, state.phase_epochs[pi] + 1, phase.epochs)
-            } else {
-                format!("epoch {}/{}", epoch, phase.epochs)
-            };
-            let (loss, train_acc, n, secs) = train_epoch(&model, &mut opt, phase, &train, &train_pipe, run, epoch, label)?;
-            let (test_loss, test_acc) = evaluate(&model, &test, &test_pipe, run.batch_size)?;
-            let rec = EpochRecord {
-                epoch,
-                loss,
-                train_acc,
-                test_acc,
-                test_loss,
-                examples_per_sec: n as f64 / secs.max(1e-9),
-                train_seconds: secs,
-                phase: phase.name.clone(),
-                lr: phase.lr,
-            };
-            println!(
-                "epoch {epoch} [{}]: loss {loss:.3}, train acc {train_acc:.3}, test loss {test_loss:.3}, test acc {test_acc:.3}, {:.1} examples/sec",
-                phase.name, rec.examples_per_sec
-            );
-            state.history.records.push(rec.clone());
-            state.epochs_done += 1;
-            state.phase_epochs[pi] += 1;
-            state.optimizer_phase = Some(pi);
-            state.optimizer_steps = opt.steps;
-            if let Some(es) = &phase.early_stopping {
-                if state.best_loss.is_none_or(|b| test_loss < b - es.min_delta) {
-                    state.best_loss = Some(test_loss);
-                    state.best_epoch = Some(epoch);
-                    state.wait = 0;
-                    let snap = snapshot(&model)?;
-                    if let Some(c) = &ckpt {
-                        crate::models::weights::save_safetensors(&snap, HashMap::new(), &c.best())?;
-                    }
-                    best = Some(snap);
-                } else {
-                    state.wait += 1;
-                    if state.wait >= es.patience {
-                        println!("early stopping: no test-loss improvement for {} epochs", es.patience);
-                        state.stopped_early[pi] = true;
-                    }
-                }
-            }
-            if state.stopped_early[pi] || state.phase_epochs[pi] == phase.epochs {
-                if let (Some(_), Some(b)) = (&phase.early_stopping, &best) {
-                    model.load_state(b, "best weights")?;
-                    state.history.best_epoch = state.best_epoch;
-                    println!("restored the best weights (epoch {})", state.best_epoch.unwrap_or(0));
-                }
-            }
-            if let Some(c) = &ckpt {
-                c.save(&model, Some(&opt), &state)?;
-            }
-            on_epoch(&rec, &state.history);
-            if state.stopped_early[pi] {
-                break;
-            }
-        }
-    }
-    Ok(Outcome { model, history: state.history })
-}
-
-/// Where `train` keeps its checkpoint under an output folder.
-pub fn checkpoint_dir(out: &Path) -> PathBuf {
-    out.join("checkpoint")
 }

@@ -3,7 +3,7 @@
 use candle_core::{DType, Result, Tensor};
 
 /// How the batch loss is reduced before `backward()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reduction {
     /// Sum over the batch, as d2l's `train_ch13` does (its lr 5e-5 assumes it).

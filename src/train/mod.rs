@@ -1,12 +1,18 @@
-//! Training: optimizers with parameter groups, metrics, the epoch loop and the recipes.
+//! Training: optimizers with parameter groups, metrics, evaluation, early stopping, the epoch
+//! loop and the recipes.
 
+pub mod early_stopping;
+pub mod evaluate;
 pub mod fit;
 pub mod history;
 pub mod metrics;
 pub mod optim;
 pub mod recipes;
 
-pub use fit::{checkpoint_dir, evaluate, train, EarlyStopping, Outcome, PhaseConfig, RunConfig};
+pub use crate::models::ParamGroup;
+pub use early_stopping::{EarlyStopping, Verdict, Watch};
+pub use evaluate::{evaluate, for_each_batch};
+pub use fit::{train, Outcome, PhaseConfig, TrainConfig};
 pub use history::{EpochRecord, History};
 pub use metrics::Reduction;
-pub use optim::{Optimizer, OptimizerKind, ParamGroup};
+pub use optim::{Optimizer, OptimizerKind};

@@ -1,8 +1,9 @@
 //! Optimizers with PyTorch's update formulas and one learning rate per parameter group
 //! (d2l: backbone `lr`, head `10 * lr`). State is exposed so checkpoints can resume exactly.
 
+use crate::models::ParamGroup;
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Result, Tensor};
 use std::collections::HashMap;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,14 +32,6 @@ impl OptimizerKind {
             Self::AdamW { .. } => "adamw",
         }
     }
-}
-
-/// Parameters sharing one learning rate.
-#[derive(Clone)]
-pub struct ParamGroup {
-    pub name: String,
-    pub lr: f64,
-    pub params: Vec<(String, Var)>,
 }
 
 pub struct Optimizer {

@@ -1,6 +1,7 @@
 //! The chapter's experiments as phase presets. Every number is a default the CLI can override.
 
-use super::fit::{EarlyStopping, PhaseConfig};
+use super::early_stopping::EarlyStopping;
+use super::fit::PhaseConfig;
 use super::metrics::Reduction;
 use super::optim::OptimizerKind;
 use crate::models::{Arch, BnMode, Freeze};
@@ -51,7 +52,7 @@ pub fn keras_two_phase(arch: Arch, head_epochs: usize, fine_epochs: usize, unfre
         epochs: fine_epochs,
         lr: 1e-5,
         freeze: Freeze::Below(unfreeze_from.unwrap_or_else(|| arch.default_unfreeze_from())),
-        early_stopping: Some(EarlyStopping { patience, min_delta: 0.0 }),
+        early_stopping: Some(EarlyStopping::new(patience)),
         ..head.clone()
     };
     vec![head, fine]

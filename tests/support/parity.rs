@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use transfer_workbook::models::weights::read_safetensors_metadata;
-use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, ParamStore, Pretrained};
+use transfer_workbook::checkpoint::read_safetensors_metadata;
+use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, NamedTensors, ParamStore};
 use transfer_workbook::train::metrics::cross_entropy;
 use transfer_workbook::train::{Optimizer, OptimizerKind, ParamGroup, Reduction};
 
@@ -118,7 +118,7 @@ struct Fixture {
     arch: Arch,
     tensors: HashMap<String, Tensor>,
     meta: HashMap<String, String>,
-    weights: Arc<HashMap<String, Tensor>>,
+    weights: NamedTensors,
 }
 
 impl Fixture {
@@ -153,7 +153,7 @@ impl Fixture {
         }
         let reference = ["torchvision", "efficientnet_lite_pytorch"].iter().find_map(|k| meta.get(*k).map(|v| format!("{k} {v}"))).unwrap();
         println!("{arch}: fixture from torch {} / {reference}; {} formula tensors bit-identical to the generator's", meta["torch"], names.len());
-        Self { arch, tensors, meta, weights: Arc::new(weights) }
+        Self { arch, tensors, meta, weights: NamedTensors { tensors: Arc::new(weights), origin: "parity formula".into() } }
     }
 
     fn get(&self, key: &str) -> &Tensor {
@@ -192,21 +192,13 @@ impl Fixture {
         let m = match p {
             // The public one-call constructor, as the application uses it.
             Precision::F32 => {
-                let opts = ModelOptions {
-                    arch: self.arch,
-                    class_names,
-                    head_init: HeadInit::ImageNet,
-                    freeze: Freeze::Nothing,
-                    bn_mode: BnMode::Train,
-                    seed: 0,
-                };
-                Classifier::pretrained(&opts, self.weights.clone(), "parity formula", &Device::Cpu).unwrap()
+                let opts = ModelOptions { head_init: HeadInit::ImageNet, ..ModelOptions::new(self.arch, class_names) };
+                Classifier::pretrained(&opts, &self.weights, &Device::Cpu).unwrap()
             }
             // The same stores in F64 (what `pretrained` does, with another dtype).
             Precision::F64 => {
-                let pre = Pretrained { tensors: self.weights.clone(), origin: "parity formula".into(), rename: None };
-                let backbone = ParamStore::pretrained(pre.clone(), DType::F64, &Device::Cpu);
-                let head = ParamStore::pretrained(pre, DType::F64, &Device::Cpu);
+                let backbone = ParamStore::pretrained(self.weights.clone(), DType::F64, &Device::Cpu);
+                let head = ParamStore::pretrained(self.weights.clone(), DType::F64, &Device::Cpu);
                 Classifier::from_stores(self.arch, class_names, backbone, head, Freeze::Nothing, BnMode::Train).unwrap()
             }
         };
@@ -317,13 +309,12 @@ fn scalar(t: &Tensor) -> Tensor {
 }
 
 fn groups(m: &Classifier, lr_backbone: f64, lr_head: f64) -> Vec<ParamGroup> {
-    let (backbone, head) = m.trainable();
+    let groups = m.param_groups(lr_backbone, lr_head / lr_backbone);
     let prefix = format!("{}.", m.arch.head_prefix());
-    assert!(head.iter().all(|(n, _)| n.starts_with(&prefix)) && backbone.iter().all(|(n, _)| !n.starts_with(&prefix)));
-    vec![
-        ParamGroup { name: "backbone".into(), lr: lr_backbone, params: backbone },
-        ParamGroup { name: "head".into(), lr: lr_head, params: head },
-    ]
+    let [backbone, head] = &groups[..] else { panic!("expected a backbone and a head group") };
+    assert!(head.params.iter().all(|(n, _)| n.starts_with(&prefix)) && backbone.params.iter().all(|(n, _)| !n.starts_with(&prefix)));
+    assert_eq!(head.lr, lr_head, "the head's learning rate must be the fixture's to the bit");
+    groups
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,11 @@
 //! One experiment of the chapter, end to end: data, model, phases, outputs.
 //! This is what the CLI's training commands and the notebooks call.
 
+use crate::checkpoint::{load_pretrained, save_model, RunFiles, WeightsSource};
 use crate::data::image_folder::load_train_test;
 use crate::data::ImageFolder;
-use crate::models::weights::read_tensors;
-use crate::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, WeightsSource};
-use crate::train::{train, History, PhaseConfig, RunConfig};
+use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
+use crate::train::{train, History, PhaseConfig, TrainConfig};
 use crate::transforms::Pipeline;
 use anyhow::Context;
 use candle_core::Device;
@@ -20,7 +20,7 @@ pub enum ModelInit {
 }
 
 /// Which training augmentation to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Augment {
     /// RandomResizedCrop + flip (d2l).
     D2l,
@@ -65,7 +65,7 @@ pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<
     for ds in [&train, &test] {
         eprintln!("{}", ds.summary());
         for s in &ds.skipped {
-            eprintln!("  skipped {}: {}", s.path.display(), s.reason);
+            eprintln!("  skipped {}: {}", crate::paths::shown(&s.path), s.reason);
         }
     }
     if let Some(n) = limit {
@@ -75,43 +75,12 @@ pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<
     Ok((Arc::new(train), Arc::new(test)))
 }
 
-/// Build the model an experiment starts from.
-pub fn build_model(
-    arch: Arch,
-    init: &ModelInit,
-    class_names: Vec<String>,
-    head_init: HeadInit,
-    seed: u64,
-    device: &Device,
-    cache_dir: Option<&std::path::Path>,
-) -> anyhow::Result<Classifier> {
-    let opts = ModelOptions {
-        arch,
-        class_names,
-        head_init,
-        freeze: Freeze::Nothing,
-        bn_mode: BnMode::Train,
-        seed,
-    };
+/// Build the model an experiment starts from (pretrained weights are read from a local file
+/// or the hub cache).
+pub fn build_model(opts: &ModelOptions, init: &ModelInit, device: &Device, cache_dir: Option<&std::path::Path>) -> anyhow::Result<Classifier> {
     match init {
-        ModelInit::Scratch => Classifier::scratch(&opts, device),
-        ModelInit::Pretrained(src) => {
-            let path = src.resolve(cache_dir)?;
-            let tensors = read_tensors(&path)?;
-            let origin = path.display().to_string();
-            let model = Classifier::pretrained(&opts, Arc::new(tensors.clone()), &origin, device)?;
-            let used = model.state();
-            let unused: Vec<&String> = tensors.keys().filter(|k| !used.contains_key(*k) && !k.ends_with("num_batches_tracked")).collect();
-            let head = arch.head_prefix();
-            let (head_unused, other): (Vec<&String>, Vec<&String>) = unused.into_iter().partition(|k| k.starts_with(&format!("{head}.")));
-            if !head_unused.is_empty() && opts.head_init == HeadInit::Xavier {
-                eprintln!("pretrained head '{head}' replaced by a fresh {}-class head", model.num_classes());
-            }
-            if !other.is_empty() {
-                eprintln!("warning: {} tensors of {origin} were not used: {:?}", other.len(), other);
-            }
-            Ok(model)
-        }
+        ModelInit::Scratch => Classifier::scratch(opts, device),
+        ModelInit::Pretrained(src) => load_pretrained(opts, &src.resolve(cache_dir)?, device),
     }
 }
 
@@ -123,18 +92,19 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         ModelInit::Scratch => ModelInit::Scratch,
     };
     let (train_data, test_data) = load_data(&exp.data, exp.limit_per_class)?;
-    let model = build_model(exp.arch, &init, train_data.classes.clone(), exp.head_init.clone(), exp.seed, &exp.device, exp.cache_dir.as_deref())?;
+    let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
+    let model = build_model(&opts, &init, &exp.device, exp.cache_dir.as_deref())?;
     let norm = exp.arch.normalization();
     let train_pipeline = match exp.augment {
         Augment::D2l => Pipeline::d2l_train(exp.image_size, norm),
         Augment::Keras => Pipeline::keras_train(exp.image_size, norm),
     };
-    let run = RunConfig {
+    let cfg = TrainConfig {
         batch_size: exp.batch_size,
         seed: exp.seed,
         train_pipeline,
         test_pipeline: Pipeline::d2l_test(exp.image_size, norm),
-        checkpoint_dir: exp.out.as_ref().map(|o| crate::train::checkpoint_dir(o)),
+        checkpoint_dir: exp.out.as_ref().map(|o| RunFiles::under(o).dir),
         resume: exp.resume,
         progress: exp.progress,
         device_label: crate::device_label(&exp.device),
@@ -151,11 +121,11 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
             let _ = crate::plot::save_curves(h, &title, &o.join("curves.png"), &o.join("curves.svg"));
         }
     };
-    let outcome = train(model, train_data.clone(), test_data.clone(), &exp.phases, &run, &mut on_epoch)?;
+    let outcome = train(model, train_data.clone(), test_data.clone(), &exp.phases, &cfg, &mut on_epoch)?;
     if let Some(o) = &exp.out {
         outcome.history.save_json(&o.join("history.json"))?;
         crate::plot::save_curves(&outcome.history, &exp.title, &o.join("curves.png"), &o.join("curves.svg"))?;
-        outcome.model.save(&o.join("model.safetensors"))?;
+        save_model(&outcome.model, &o.join("model.safetensors"))?;
     }
     Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, test_data })
 }

@@ -9,22 +9,18 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Module, Result, Shape, Tensor};
 
-/// A convolution layer (no bias; ResNet and EfficientNet convs have none).
+/// A convolution layer (no bias, one group: ResNet and EfficientNet convs have no bias, and
+/// depthwise convolutions have their own op in `ops::depthwise`).
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub weight: Tensor,
     pub stride: usize,
     pub padding: usize,
-    pub groups: usize,
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.groups == 1 {
-            conv2d(x, &self.weight, self.stride, self.padding)
-        } else {
-            x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)
-        }
+        conv2d(x, &self.weight, self.stride, self.padding)
     }
 }
 

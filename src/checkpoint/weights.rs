@@ -1,61 +1,11 @@
-//! Where pretrained tensors come from: a local `.safetensors`, a zip `.pth` (PyTorch >= 1.6),
-//! or a file of a Hugging Face hub repository (cached by hf-hub; `HF_HOME` / `HF_ENDPOINT`
-//! are honoured). Also the safetensors writer used for checkpoints (it keeps metadata).
+//! Weight files: reading every tensor of a `.safetensors`, a zip `.pth` (PyTorch >= 1.6) or a
+//! legacy `.pth` (PyTorch < 1.6, see [`super::legacy_pth`]), and the atomic safetensors writer
+//! used for models and checkpoints (it keeps string metadata).
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WeightsSource {
-    File(PathBuf),
-    /// `hf:owner/repo` or `hf:owner/repo/file.safetensors`.
-    Hub { repo: String, file: String },
-}
-
-impl WeightsSource {
-    /// `hf:timm/resnet18.tv_in1k[/model.safetensors]` (also `hf://`) names a hub file; anything else is a path.
-    pub fn parse(s: &str) -> Self {
-        if let Some(rest) = s.strip_prefix("hf://").or_else(|| s.strip_prefix("hf:")) {
-            let parts: Vec<&str> = rest.splitn(3, '/').collect();
-            if parts.len() == 3 {
-                return WeightsSource::Hub { repo: format!("{}/{}", parts[0], parts[1]), file: parts[2].to_string() };
-            }
-            return WeightsSource::Hub { repo: rest.to_string(), file: "model.safetensors".into() };
-        }
-        WeightsSource::File(PathBuf::from(s))
-    }
-
-    /// The local file, fetching it from the hub into `cache_dir` (or hf-hub's default cache) when needed.
-    pub fn resolve(&self, cache_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
-        match self {
-            WeightsSource::File(p) => {
-                if !p.is_file() {
-                    bail!("weights file {} not found", p.display());
-                }
-                Ok(p.clone())
-            }
-            WeightsSource::Hub { repo, file } => {
-                let mut b = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
-                if let Some(dir) = cache_dir {
-                    b = b.with_cache_dir(dir.to_path_buf());
-                }
-                let api = b.build().context("setting up the Hugging Face hub client")?;
-                api.model(repo.clone()).get(file).with_context(|| {
-                    format!("could not get {file} of hf:{repo} (offline? pass --weights FILE with a local copy)")
-                })
-            }
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            WeightsSource::File(p) => p.display().to_string(),
-            WeightsSource::Hub { repo, file } => format!("hf:{repo}/{file}"),
-        }
-    }
-}
+use std::path::Path;
 
 /// Read every tensor of a weights file (on the CPU), whatever its format.
 pub fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {

@@ -1,4 +1,6 @@
-//! BatchNorm as fused CPU kernels with an explicit backward pass.
+//! BatchNorm's arithmetic: fused CPU kernels with an explicit backward pass, and a tensor-op
+//! path for other devices (autograd differentiates it). The layer with its running statistics
+//! is `models::BatchNorm`.
 //!
 //! Written with tensor ops, BatchNorm's backward reduces full activations over (N, H, W)
 //! through Candle's generic strided reduction four times per layer, which dominated a CPU
@@ -185,9 +187,57 @@ impl CustomOp2 for GradInput {
     }
 }
 
-/// Normalise `x` with per-channel `mean` / `var` (`[C]`), then scale and shift.
-pub fn batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, batch_stats: bool) -> Result<Tensor> {
+/// Normalise `x` with per-channel `mean` / `var` (`[C]`), then scale and shift (CPU kernels).
+fn normalize_cpu(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, batch_stats: bool) -> Result<Tensor> {
     let mean = mean.to_vec1::<f32>()?;
     let inv_std = var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Normalize { mean, inv_std, batch_stats })
+}
+
+fn use_cpu_kernels(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.rank() == 4
+}
+
+fn channel_view(t: &Tensor) -> Result<Tensor> {
+    t.reshape((1, t.elem_count(), 1, 1))
+}
+
+/// Per-channel mean `[1, C, 1, 1]` with tensor ops. Reducing the contiguous spatial dims first
+/// is ~50x faster on Candle's CPU backend than one reduction over (0, 2, 3).
+fn channel_mean(x: &Tensor, n: f64) -> Result<Tensor> {
+    x.sum_keepdim((2, 3))?.sum_keepdim(0)? / n
+}
+
+/// Training-mode BatchNorm of `x [N, C, H, W]` with this batch's statistics:
+/// `(y, mean [C], biased var [C])`; the statistics come back detached, for the running update.
+/// CPU f32: the fused kernels above; elsewhere: tensor ops that autograd differentiates.
+pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    if use_cpu_kernels(x) {
+        let stats = channel_stats(x)?;
+        let (mean, var) = (stats.get(0)?, stats.get(1)?);
+        let y = normalize_cpu(x, weight, bias, &mean, &var, eps, true)?;
+        return Ok((y, mean, var));
+    }
+    let (b, _, h, w) = x.dims4()?;
+    let n = (b * h * w) as f64;
+    let mean = channel_mean(x, n)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = channel_mean(&centered.sqr()?, n)?;
+    let inv_std = (var.clone() + eps)?.sqrt()?.recip()?;
+    let y = centered
+        .broadcast_mul(&inv_std)?
+        .broadcast_mul(&channel_view(weight)?)?
+        .broadcast_add(&channel_view(bias)?)?;
+    Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+}
+
+/// Evaluation-mode BatchNorm: normalise with fixed statistics `mean`, `var` (`[C]`, no gradient).
+pub fn batch_norm_eval(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<Tensor> {
+    if use_cpu_kernels(x) {
+        return normalize_cpu(x, weight, bias, mean, var, eps, false);
+    }
+    // y = x * scale + shift with scale = w / sqrt(var + eps), shift = b - mean * scale.
+    let scale = (weight * (var.detach() + eps)?.sqrt()?.recip()?)?;
+    let shift = (bias - (mean.detach() * &scale)?)?;
+    x.broadcast_mul(&channel_view(&scale)?)?.broadcast_add(&channel_view(&shift)?)
 }

@@ -1,0 +1,14 @@
+//! Everything that reads or writes weights: safetensors, zip `.pth` and legacy `.pth` files,
+//! where pretrained weights come from (hub, local file), whole models, and the checkpoint a
+//! training run leaves after each epoch.
+
+pub mod legacy_pth;
+pub mod model;
+pub mod source;
+pub mod training;
+pub mod weights;
+
+pub use model::{load_model, load_pretrained, read_named, save_model};
+pub use source::{default_weights, WeightsSource};
+pub use training::RunFiles;
+pub use weights::{read_safetensors_metadata, read_tensors, save_safetensors};

