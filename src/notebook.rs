@@ -103,6 +103,19 @@ pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The first call of every notebook: works from the workbook's folder (so `runs/`, `.cache/`
+/// and `../shared/` mean what they mean for the CLI, and printed paths are relative to the
+/// project), and returns the setting (`WORKBOOK_SETTING`, else `default`).
+pub fn start(default: Setting) -> anyhow::Result<Setting> {
+    std::env::set_current_dir(project_dir()).with_context(|| format!("entering {}", project_dir().display()))?;
+    Ok(Setting::from_env_or(default))
+}
+
+/// `path` as the notebooks print it: relative to the working folder (the project, after [`start`]).
+pub fn shown(path: &std::path::Path) -> String {
+    crate::paths::shown(path)
+}
+
 /// The hot-dog photos: `WORKBOOK_DATA` if set, else the shared Kaggle copy beside the project,
 /// else d2l's `hotdog.zip`, downloaded once into `.cache/data` (SHA-1 checked).
 pub fn hotdog_data() -> anyhow::Result<PathBuf> {

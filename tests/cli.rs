@@ -86,3 +86,34 @@ fn bad_input_fails_with_a_clear_message_not_a_panic() {
         assert!(!s.contains("panicked"), "{args:?} panicked:\n{s}");
     }
 }
+
+/// The default EfficientNet-Lite0 weights are found wherever the CLI runs (not only from the
+/// repository root): `.cache/weights` beside the crate is one of the places searched.
+#[test]
+fn default_lite0_weights_are_found_from_any_working_directory() {
+    let beside_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/weights/efficientnet-lite0-57934424.pth");
+    if !beside_crate.is_file() {
+        eprintln!("note: {} absent (run tools/fetch-weights.sh); test skipped", beside_crate.display());
+        return;
+    }
+    let elsewhere = tempfile::tempdir().unwrap();
+    image::RgbImage::from_pixel(64, 48, image::Rgb([200, 120, 40])).save(elsewhere.path().join("photo.png")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["predict", "--backbone", "efficientnet-lite0", "--top-k", "3", "photo.png"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let s = text(&o);
+    assert!(o.status.success(), "{s}");
+    assert!(s.contains("photo.png:") && s.lines().filter(|l| l.contains('%')).count() == 3, "{s}");
+    // With the weights nowhere to be found, the error says where it looked and how to fix it.
+    let empty = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["predict", "--backbone", "efficientnet-lite0", "--weights", "efficientnet-lite0-57934424.pth", "photo.png"])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    let s = text(&o);
+    assert!(!o.status.success());
+    assert!(s.contains("not found") && s.contains("just weights"), "{s}");
+}

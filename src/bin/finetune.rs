@@ -10,7 +10,7 @@ use transfer_workbook::data::{hotdog, ImageFolder};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
 use transfer_workbook::predict::open_image;
 use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction};
-use transfer_workbook::transforms::Pipeline;
+use transfer_workbook::transforms::{Normalization, Pipeline};
 use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
 
 #[derive(Parser)]
@@ -63,6 +63,31 @@ enum HeadStart {
     Hotdog,
 }
 
+/// `--normalization`: the input contracts of the Keras applications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Preprocessing {
+    /// ImageNet mean/std (torchvision, ResNet).
+    Imagenet,
+    /// Scaled to [-1, 1] (TensorFlow, EfficientNet-Lite).
+    #[value(alias = "minus-one-one")]
+    Tf,
+    /// BGR minus the ImageNet mean (Caffe).
+    Caffe,
+    /// Scaled to [0, 1].
+    Unit,
+}
+
+impl From<Preprocessing> for Normalization {
+    fn from(p: Preprocessing) -> Self {
+        match p {
+            Preprocessing::Imagenet => Normalization::imagenet(),
+            Preprocessing::Tf => Normalization::MinusOneOne,
+            Preprocessing::Caffe => Normalization::CaffeBgr,
+            Preprocessing::Unit => Normalization::Unit,
+        }
+    }
+}
+
 #[derive(Args)]
 struct BenchArgs {
     /// Backbones, comma-separated.
@@ -105,9 +130,9 @@ struct ZeroShotArgs {
     /// The folder holding hot dogs (default: the one named like 'hotdog').
     #[arg(long)]
     positive_class: Option<String>,
-    /// Override the backbone's preprocessing (imagenet, tf, caffe, unit) to compare contracts.
+    /// Override the backbone's preprocessing, to compare contracts.
     #[arg(long)]
-    normalization: Option<transfer_workbook::transforms::Normalization>,
+    normalization: Option<Preprocessing>,
     #[arg(long, default_value_t = 224)]
     image_size: u32,
     #[arg(long, default_value_t = 50)]
@@ -427,7 +452,7 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let ds = Arc::new(ImageFolder::load(dir.join(&a.split))?);
     eprintln!("{}", ds.summary());
     let positive = transfer_workbook::zero_shot::positive_class(&ds.classes, a.positive_class.as_deref())?;
-    let norm = a.normalization.unwrap_or(arch.normalization());
+    let norm = a.normalization.map(Normalization::from).unwrap_or(arch.normalization());
     let pipeline = Pipeline::d2l_test(a.image_size, norm);
     let r = transfer_workbook::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
     eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive], model.class_names[934]);
@@ -455,7 +480,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &a.data {
         let ds = Arc::new(ImageFolder::load(dir.join("train"))?);
-        let pipeline = Arc::new(Pipeline::d2l_train(a.image_size, transfer_workbook::transforms::Normalization::imagenet()));
+        let pipeline = Arc::new(Pipeline::d2l_train(a.image_size, Normalization::imagenet()));
         let t0 = std::time::Instant::now();
         let mut n = 0;
         for b in transfer_workbook::data::Loader::new(ds.clone(), pipeline, a.batch_size, true, 0, 0) {

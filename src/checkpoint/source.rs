@@ -56,9 +56,10 @@ impl WeightsSource {
         }
     }
 
+    /// For reports: a file relative to the working directory, or `hf:owner/repo/file`.
     pub fn describe(&self) -> String {
         match self {
-            WeightsSource::File(p) => p.display().to_string(),
+            WeightsSource::File(p) => crate::paths::shown(p),
             WeightsSource::Hub { repo, file } => format!("hf:{repo}/{file}"),
         }
     }

@@ -16,17 +16,6 @@ pub enum BnMode {
     Frozen,
 }
 
-impl std::str::FromStr for BnMode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "train" => Ok(Self::Train),
-            "frozen" => Ok(Self::Frozen),
-            _ => anyhow::bail!("unknown BatchNorm mode '{s}' (expected 'train' or 'frozen')"),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct Builder {
     pub vb: VarBuilder<'static>,

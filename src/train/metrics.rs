@@ -12,17 +12,6 @@ pub enum Reduction {
     Mean,
 }
 
-impl std::str::FromStr for Reduction {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "sum" => Ok(Self::Sum),
-            "mean" => Ok(Self::Mean),
-            _ => anyhow::bail!("unknown loss reduction '{s}' (expected 'sum' or 'mean')"),
-        }
-    }
-}
-
 /// Cross-entropy of `logits [B, C]` against `labels [B]` (u32), reduced as asked.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, reduction: Reduction) -> Result<Tensor> {
     let mean = candle_nn::loss::cross_entropy(logits, labels)?;

@@ -3,7 +3,7 @@
 
 Run from the repository root (CPU is enough; about two minutes):
 
-    /work/main/.venv/bin/python tools/parity/gen_fixtures.py [resnet18] [resnet50]
+    .venv/bin/python tools/parity/gen_fixtures.py [resnet18] [resnet50]
 
 Nothing random is involved. The weights and the input come from a closed formula (an integer
 hash, `uniform` below; docs/parity.md states it) that tests/parity_resnet.rs re-implements bit for

@@ -3,7 +3,7 @@
 
 Run from the repository root (CPU is enough; about five minutes on 2 cores, mostly the input search):
 
-    /work/main/.venv/bin/python tools/parity/gen_lite0.py
+    .venv/bin/python tools/parity/gen_lite0.py
 
 The reference is `efficientnet_lite_pytorch.EfficientNet.from_name('efficientnet-lite0', ...)`
 (PyPI `efficientnet-lite-pytorch`, the lukemelas-style port whose tensor names the crate and the

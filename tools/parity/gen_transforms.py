@@ -5,7 +5,7 @@ the hot-dog data set, for tests/parity_transforms.rs.
 
 Run from the repository root:
 
-    /work/main/.venv/bin/python tools/parity/gen_transforms.py
+    .venv/bin/python tools/parity/gen_transforms.py
 
 Per image <i> (0, 1, 2; the file names are in the metadata) the fixture holds:
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """d2l's zero-shot hot-dog experiment in PyTorch, to compare with `finetune zero-shot`.
 
-    /work/main/.venv/bin/python tools/parity/zero_shot_torch.py \\
+    .venv/bin/python tools/parity/zero_shot_torch.py \\
         [--data ../shared/data/hotdog-seefood] [--split test] \\
         [--weights .cache/weights/efficientnet-lite0-57934424.pth] [--image IMG ...]
 
