@@ -1,6 +1,6 @@
 //! Checks `read_legacy_pth` against checkpoints written by Python. Each test prints a note and
 //! passes when its prerequisite (python3, PyTorch, the efficientnet weights) is missing, so CI
-//! without Python relies on the hand-assembled fixtures in `src/lib.rs`.
+//! without Python relies on the hand-assembled fixtures in `legacy_pth_vm.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
