@@ -31,6 +31,10 @@ zero-shot: build weights
 bench: build
     target/release/finetune bench --backbone resnet18,efficientnet-lite0 --batch-size 32 --image-size 224
 
+# The workbook against PyTorch in one run (needs .venv with torch: see docs/parity.md), with ratios.
+bench-compare: build
+    CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} python3 tools/bench/compare.py --data {{data}}
+
 bench-depthwise: build
     target/release/finetune bench --backbone efficientnet-lite0 --batch-size 32 --image-size 224 --steps 1 --candle-depthwise
     target/release/finetune bench --backbone efficientnet-lite0 --batch-size 32 --image-size 224 --steps 1

@@ -1,10 +1,14 @@
 //! Throughput of a full training step (forward, backward, optimizer) and of inference on
 //! random data, and of the data pipeline alone. Timings, never asserted in tests.
 
+use crate::data::{ImageFolder, Loader};
 use crate::models::{Arch, Classifier, Freeze, ModelOptions};
+use crate::transforms::Pipeline;
 use crate::train::metrics::{cross_entropy, Reduction};
 use crate::train::{recipes, Optimizer};
 use candle_core::{Device, Tensor};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -61,5 +65,53 @@ pub fn bench_model(arch: Arch, device: &Device, batch: usize, image_size: u32, f
         train_img_per_sec: n / train_secs,
         train_step_ms: 1000.0 * train_secs / steps as f64,
         eval_img_per_sec: n / eval_secs,
+    })
+}
+
+/// One real training epoch on a data folder, as a user runs it: decode every photo of
+/// `DIR/train`, then d2l's augmentation and a training step per batch (the loader prepares the
+/// next batch while one trains).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochBench {
+    pub backbone: String,
+    pub batch_size: usize,
+    pub image_size: u32,
+    pub images: usize,
+    /// Reading and decoding the JPEGs.
+    pub decode_seconds: f64,
+    /// Augmentation + training over all the photos (decode excluded).
+    pub epoch_seconds: f64,
+    pub epoch_img_per_sec: f64,
+}
+
+/// Time decode, then one epoch of d2l fine-tuning steps of `arch` (random weights: speed does
+/// not depend on them) on `data/train`.
+pub fn bench_epoch(arch: Arch, device: &Device, data: &Path, batch: usize, image_size: u32) -> anyhow::Result<EpochBench> {
+    let t0 = Instant::now();
+    let ds = Arc::new(ImageFolder::load(data.join("train"))?);
+    let decode_seconds = t0.elapsed().as_secs_f64();
+    let model = Classifier::scratch(&ModelOptions::new(arch, ds.classes.clone()), device)?;
+    let phase = recipes::d2l_finetune(1);
+    let mut opt = Optimizer::new(phase.optimizer.clone(), model.param_groups(phase.lr, phase.head_lr_mult));
+    let pipeline = Arc::new(Pipeline::d2l_train(image_size, arch.normalization()));
+    let t1 = Instant::now();
+    let mut n = 0;
+    for b in Loader::new(ds.clone(), pipeline, batch, true, 0, 0) {
+        let b = b?;
+        let logits = model.forward_t(&b.images.to_device(device)?, true)?;
+        let loss = cross_entropy(&logits, &b.labels.to_device(device)?, Reduction::Sum)?;
+        opt.backward_step(&loss)?;
+        sync(&loss)?;
+        n += b.len;
+    }
+    let epoch_seconds = t1.elapsed().as_secs_f64();
+    Ok(EpochBench {
+        backbone: arch.name().into(),
+        batch_size: batch,
+        image_size,
+        images: n,
+        decode_seconds,
+        epoch_seconds,
+        epoch_img_per_sec: n as f64 / epoch_seconds,
     })
 }

@@ -5,7 +5,12 @@ mod support;
 use std::process::Command;
 
 fn finetune(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).env("RUST_BACKTRACE", "0").output().unwrap()
+    finetune_in(std::path::Path::new("."), args)
+}
+
+/// The CLI run from the working directory `dir`.
+fn finetune_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).current_dir(dir).env("RUST_BACKTRACE", "0").output().unwrap()
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -98,21 +103,13 @@ fn default_lite0_weights_are_found_from_any_working_directory() {
     }
     let elsewhere = tempfile::tempdir().unwrap();
     image::RgbImage::from_pixel(64, 48, image::Rgb([200, 120, 40])).save(elsewhere.path().join("photo.png")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["predict", "--backbone", "efficientnet-lite0", "--top-k", "3", "photo.png"])
-        .current_dir(elsewhere.path())
-        .output()
-        .unwrap();
+    let o = finetune_in(elsewhere.path(), &["predict", "--backbone", "efficientnet-lite0", "--top-k", "3", "photo.png"]);
     let s = text(&o);
     assert!(o.status.success(), "{s}");
     assert!(s.contains("photo.png:") && s.lines().filter(|l| l.contains('%')).count() == 3, "{s}");
     // With the weights nowhere to be found, the error says where it looked and how to fix it.
     let empty = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["predict", "--backbone", "efficientnet-lite0", "--weights", "efficientnet-lite0-57934424.pth", "photo.png"])
-        .current_dir(empty.path())
-        .output()
-        .unwrap();
+    let o = finetune_in(empty.path(), &["predict", "--backbone", "efficientnet-lite0", "--weights", "efficientnet-lite0-57934424.pth", "photo.png"]);
     let s = text(&o);
     assert!(!o.status.success());
     assert!(s.contains("not found") && s.contains("just weights"), "{s}");

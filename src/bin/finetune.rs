@@ -38,7 +38,7 @@ enum Command {
     Peek(PeekArgs),
     /// Classify the test photos with the untouched ImageNet head: "hot dog" iff class 934 wins.
     ZeroShot(ZeroShotArgs),
-    /// Time training steps and inference on random data (img/s), optionally the data pipeline.
+    /// Time training steps and inference on random data (img/s), optionally a real epoch on photos.
     Bench(BenchArgs),
     /// Download and unpack the d2l hot-dog data set (SHA-1 checked).
     Download(DownloadArgs),
@@ -108,7 +108,7 @@ struct BenchArgs {
     /// Run depthwise convolutions through Candle's grouped conv (the "before" of the benchmark).
     #[arg(long)]
     candle_depthwise: bool,
-    /// Also time the data pipeline (decode once, then augment + batch) on this data folder.
+    /// Also time one real epoch on this data folder: decode DIR/train, then augment + train.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Append the results as JSON lines to this file.
@@ -462,31 +462,43 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One JSON line per result, appended to `--json FILE` when given.
+fn append_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("opening {}", p.display()))?;
+        writeln!(f, "{}", serde_json::to_string(value)?)?;
+    }
+    Ok(())
+}
+
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
-    for &arch in &a.backbone {
+    // `--steps 0`: only the epoch on real photos (with --data).
+    for &arch in a.backbone.iter().filter(|_| a.steps > 0) {
         let r = transfer_workbook::bench::bench_model(arch, &device, a.batch_size, a.image_size, a.freeze.clone(), a.warmup, a.steps)?;
         println!(
             "{:<20} {:>8} {:>6} {:>6} {:>12.1} {:>10.0} {:>12.1}",
             r.backbone, r.device, r.batch_size, r.image_size, r.train_img_per_sec, r.train_step_ms, r.eval_img_per_sec
         );
-        if let Some(p) = &a.json {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
-            writeln!(f, "{}", serde_json::to_string(&r)?)?;
-        }
+        append_json(&a.json, &r)?;
     }
     if let Some(dir) = &a.data {
-        let ds = Arc::new(ImageFolder::load(dir.join("train"))?);
-        let pipeline = Arc::new(Pipeline::d2l_train(a.image_size, Normalization::imagenet()));
-        let t0 = std::time::Instant::now();
-        let mut n = 0;
-        for b in transfer_workbook::data::Loader::new(ds.clone(), pipeline, a.batch_size, true, 0, 0) {
-            n += b?.len;
+        for &arch in &a.backbone {
+            let r = transfer_workbook::bench::bench_epoch(arch, &device, dir, a.batch_size, a.image_size)?;
+            println!(
+                "{:<20} epoch on {}: decode {:.1} s, augment + train {:.1} s for {} photos ({:.1} img/s)",
+                r.backbone,
+                transfer_workbook::paths::shown(dir),
+                r.decode_seconds,
+                r.epoch_seconds,
+                r.images,
+                r.epoch_img_per_sec
+            );
+            append_json(&a.json, &r)?;
         }
-        println!("data pipeline (augment + batch, images already decoded): {:.1} img/s", n as f64 / t0.elapsed().as_secs_f64());
     }
     Ok(())
 }

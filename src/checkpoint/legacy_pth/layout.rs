@@ -20,7 +20,7 @@ pub(super) struct StorageData {
     start: usize,
 }
 
-pub(super) struct Checkpoint {
+pub(super) struct LegacyFile {
     pub(super) root: Value,
     pub(super) storages: HashMap<String, StorageData>,
 }
@@ -33,7 +33,7 @@ pub(super) fn has_magic(data: &[u8]) -> bool {
     )
 }
 
-pub(super) fn parse_checkpoint(data: &[u8]) -> Result<Checkpoint> {
+pub(super) fn parse_checkpoint(data: &[u8]) -> Result<LegacyFile> {
     if data.starts_with(b"PK") {
         return Err(LegacyPthError::NotLegacy(
             "file is a zip archive (PyTorch >= 1.6 format); use candle_core::pickle".into(),
@@ -129,7 +129,7 @@ pub(super) fn parse_checkpoint(data: &[u8]) -> Result<Checkpoint> {
         );
         pos = end as usize; // fits: end <= data.len()
     }
-    Ok(Checkpoint { root, storages })
+    Ok(LegacyFile { root, storages })
 }
 
 /// Picks the dict holding the tensors (top level, or nested under a well-known key).
