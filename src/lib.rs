@@ -3,9 +3,10 @@
 //! Fine-tuning pretrained CNNs with Candle, as in d2l.ai 13.2 (the hot-dog example) and the
 //! Keras two-phase recipe. Small public pieces, one high-level call:
 //!
-//! The layers, each importing only the ones above it in this list:
-//! - [`data`]: image-folder datasets, the d2l hot-dog download, a prefetching batch loader;
+//! The layers, each importing only the ones above it in this list (plus the leaf helpers
+//! [`paths`], [`imagenet`], [`device`]):
 //! - [`transforms`]: torchvision-style augmentation and each backbone's normalization;
+//! - [`data`]: image-folder datasets, the d2l hot-dog download, a prefetching batch loader;
 //! - [`ops`]: every custom op and fast kernel (CPU kernel, generic fallback, backward);
 //! - [`models`]: trainable backbones with torchvision names, heads, freezing, the `Arch` registry;
 //! - [`checkpoint`]: weight files (safetensors, zip and legacy `.pth`), hub/file sources, saved
