@@ -150,9 +150,9 @@ fn a_checkpoint_resumes_to_the_same_weights() {
     let straight = tempfile::tempdir().unwrap();
     let split = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
+    // With dropout before the head (as Lite0 has): its masks must resume exactly too.
     let (tr, te, m1) = data_and_model(data.path(), Freeze::Nothing);
-    let (_, _, m2) = data_and_model(data.path(), Freeze::Nothing);
-    let (_, _, m3) = data_and_model(data.path(), Freeze::Nothing);
+    let (m1, m2, m3) = (m1.with_dropout(0.3), data_and_model(data.path(), Freeze::Nothing).2.with_dropout(0.3), data_and_model(data.path(), Freeze::Nothing).2.with_dropout(0.3));
     let sgd = |epochs| PhaseConfig { optimizer: OptimizerKind::sgd(0.9, 1e-3), ..recipes::d2l_scratch(epochs) };
 
     let a = train(m1, tr.clone(), te.clone(), &[sgd(2)], &run_config(Some(straight.path().into()), false), &mut |_, _| {}).unwrap();
@@ -187,5 +187,26 @@ fn two_phase_recipe_marks_phases_and_restores_the_best_epoch() {
     for (k, t) in o.model.state() {
         let d = (t - &saved[&k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{k}");
+    }
+}
+
+/// Same seed, any thread count: the trained weights are identical bit for bit (with dropout).
+#[test]
+fn training_is_bit_identical_with_one_and_two_threads() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let (tr, te, m) = data_and_model(data.path(), Freeze::Nothing);
+            let phase = PhaseConfig { optimizer: OptimizerKind::sgd(0.9, 1e-3), ..recipes::d2l_scratch(1) };
+            train(m.with_dropout(0.3), tr, te, &[phase], &run_config(None, false), &mut |_, _| {}).unwrap()
+        })
+    };
+    let (a, b) = (run(1), run(2));
+    assert_eq!(a.history.records[0].loss, b.history.records[0].loss);
+    let (sa, sb) = (a.model.state(), b.model.state());
+    for (k, t) in &sa {
+        let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap() == sb[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(same, "{k} differs between 1 and 2 threads");
     }
 }

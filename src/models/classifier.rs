@@ -5,8 +5,10 @@ use super::{Arch, BnMode, Builder, FeatureExtractor, Freeze, HeadInit};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, Linear};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Everything needed to build a classifier. `ModelOptions::new(arch, classes)` gives the
 /// defaults (Xavier head, nothing frozen, BatchNorm in train mode, seed 0); change fields with
@@ -36,6 +38,9 @@ pub struct Classifier {
     pub bn_mode: BnMode,
     /// Dropout on the pooled features while training (0 disables it).
     pub dropout: f32,
+    /// Draws the dropout masks; shared by rebuilt models and reseeded by the training loop at
+    /// every epoch, so runs are reproducible and a resumed run draws what an uninterrupted one does.
+    dropout_rng: Arc<Mutex<ChaCha8Rng>>,
     frozen: FreezeFn,
     features: Box<dyn FeatureExtractor>,
     head: Linear,
@@ -75,6 +80,7 @@ impl Classifier {
             freeze,
             bn_mode,
             dropout: arch.default_dropout(),
+            dropout_rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(0))),
             frozen,
             features,
             head: Linear::new(w, Some(bias)),
@@ -85,7 +91,9 @@ impl Classifier {
     pub fn scratch(opts: &ModelOptions, device: &Device) -> anyhow::Result<Self> {
         let backbone = ParamStore::random(opts.seed.wrapping_add(1), DType::F32, device);
         let head = ParamStore::random(opts.seed, DType::F32, device);
-        Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)
+        let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)?;
+        model.seed_dropout(opts.seed, 0);
+        Ok(model)
     }
 
     /// A classifier whose backbone comes from `p` and whose head is fresh or ImageNet's.
@@ -96,6 +104,7 @@ impl Classifier {
             HeadInit::ImageNet => ParamStore::pretrained(p.clone(), DType::F32, device),
         };
         let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)?;
+        model.seed_dropout(opts.seed, 0);
         if let HeadInit::ImageNetRow { imagenet_class, target } = opts.head_init {
             model.copy_head_row(p, imagenet_class, target)?;
         }
@@ -133,8 +142,30 @@ impl Classifier {
 
     /// The same parameters under another freezing / BatchNorm regime (cheap: storage is shared).
     pub fn rebuild(&self, freeze: Freeze, bn_mode: BnMode) -> anyhow::Result<Self> {
-        let m = Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode)?;
+        let mut m = Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode)?;
+        m.dropout_rng = self.dropout_rng.clone();
         Ok(m.with_dropout(self.dropout))
+    }
+
+    /// Start the dropout masks of `epoch` afresh from `seed` (Candle's own dropout draws from an
+    /// unseeded generator, which made EfficientNet-Lite0 runs differ run to run).
+    pub fn seed_dropout(&self, seed: u64, epoch: u64) {
+        if let Ok(mut rng) = self.dropout_rng.lock() {
+            *rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03);
+        }
+    }
+
+    /// Inverted dropout (`torch.nn.Dropout`): each value kept with probability `1 - p` and
+    /// scaled by `1 / (1 - p)`, the mask drawn on the CPU from the seeded generator.
+    fn apply_dropout(&self, f: &Tensor) -> Result<Tensor> {
+        let p = self.dropout as f64;
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mask: Vec<f32> = {
+            let mut rng = self.dropout_rng.lock().map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+            (0..f.elem_count()).map(|_| if rng.gen::<f64>() < p { 0.0 } else { scale }).collect()
+        };
+        let mask = Tensor::from_vec(mask, f.shape(), &Device::Cpu)?.to_dtype(f.dtype())?.to_device(f.device())?;
+        f * mask
     }
 
     /// The same model with another dropout rate before the head (0 for exact comparisons).
@@ -158,7 +189,7 @@ impl Classifier {
     /// Logits `[B, num_classes]`; `train` selects training behaviour (BatchNorm per `bn_mode`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let f = self.features.features_t(x, train)?;
-        let f = if train && self.dropout > 0.0 { candle_nn::ops::dropout(&f, self.dropout)? } else { f };
+        let f = if train && self.dropout > 0.0 { self.apply_dropout(&f)? } else { f };
         self.head.forward(&f)
     }
 
@@ -216,5 +247,33 @@ impl Classifier {
         meta.insert("backbone".to_string(), self.arch.name().to_string());
         meta.insert("classes".to_string(), serde_json::to_string(&self.class_names).unwrap_or_default());
         meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_is_inverted_seeded_and_reproducible() {
+        let opts = ModelOptions::new(Arch::ResNet18, vec!["a".into(), "b".into()]);
+        let m = Classifier::scratch(&opts, &Device::Cpu).unwrap().with_dropout(0.25);
+        let f = Tensor::ones((64, 512), DType::F32, &Device::Cpu).unwrap();
+        m.seed_dropout(7, 3);
+        let a = m.apply_dropout(&f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.02, "dropped {dropped}");
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        m.seed_dropout(7, 3);
+        let again = m.apply_dropout(&f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, again, "same seed and epoch, same mask");
+        m.seed_dropout(7, 4);
+        let other = m.apply_dropout(&f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(a, other, "another epoch, another mask");
+        // A rebuilt model (next phase) draws from the same stream.
+        m.seed_dropout(7, 3);
+        let rebuilt = m.rebuild(Freeze::Backbone, BnMode::Frozen).unwrap();
+        let b = rebuilt.apply_dropout(&f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
     }
 }

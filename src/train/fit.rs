@@ -264,6 +264,7 @@ fn train_epoch(
     label: String,
 ) -> anyhow::Result<(f64, f64, usize, f64)> {
     let loader = Loader::new(train.clone(), pipeline.clone(), run.batch_size, true, run.seed, epoch as u64);
+    model.seed_dropout(run.seed, epoch as u64);
     let total = loader.num_batches;
     let bar = progress_bar(run, total, label.clone());
     // No terminal (a notebook, a log file): one plain line per batch instead of a bar.
