@@ -6,6 +6,7 @@ pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod depthwise;
+pub mod im2col;
 pub mod pool;
 
 pub use activation::relu6;
