@@ -9,7 +9,7 @@ pub mod depthwise;
 pub mod im2col;
 pub mod pool;
 
-pub use activation::relu6;
+pub use activation::{relu, relu6};
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use conv::{conv2d, Conv2d};
 pub use depthwise::{depthwise_conv2d, DwParams};
