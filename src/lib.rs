@@ -20,6 +20,25 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Ask the allocator to keep freed memory for reuse instead of returning it to the OS after
+/// its purge delay (mimalloc's `purge_delay = -1`). A training step frees and reallocates
+/// gigabytes of activations; returned pages come back zeroed by the kernel, which was 15% of
+/// a ResNet-18 CPU step (`clear_page_erms` in `perf`). Measured, batch 32, 2 threads:
+/// 9.5 -> 11.0 img/s, peak RSS 2.20 -> 2.26 GB. Call once, early (the CLI does).
+pub fn keep_freed_memory() {
+    #[cfg(feature = "mimalloc")]
+    {
+        extern "C" {
+            // mimalloc.h (v2 and v3): `void mi_option_set(mi_option_t option, long value)`.
+            fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
+        }
+        /// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (the same in v2 and v3).
+        const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
+        // SAFETY: a plain option setter of the linked mimalloc; options may change at any time.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+    }
+}
+
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

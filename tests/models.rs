@@ -133,7 +133,11 @@ fn conv_gradients_equal_candles_own() {
         let r = Tensor::randn(0f32, 1., (2, c_out, (size + 2 * pad - k) / stride + 1, (size + 2 * pad - k) / stride + 1), &dev).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
         let theirs = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
-        assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
+        // On the CPU in f32 the forward is our im2col + GEMM (ops::im2col), no longer Candle's
+        // own conv2d, so it agrees to rounding (GEMM blocking differs) rather than bit for bit;
+        // tests/ops_conv.rs checks it against an f64 reference.
+        let d = max_abs_diff(&ours, &theirs);
+        assert!(d < 1e-4, "k{k} s{stride} p{pad} size {size}: forward differs by {d}");
         let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for v in [&x, &w] {

@@ -516,6 +516,7 @@ fn peek(a: PeekArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    transfer_workbook::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,7 @@
 use super::batch_norm::BatchNorm;
 use super::builder::Builder;
 use super::FeatureExtractor;
-use crate::ops::{global_avg_pool, max_pool2d, Conv2d};
+use crate::ops::{global_avg_pool, max_pool2d, relu, Conv2d};
 use candle_core::{Module, ModuleT, Result, Tensor};
 
 /// Depth variants: blocks per stage, and whether blocks are bottlenecks (ResNet-50).
@@ -89,14 +89,14 @@ impl Block {
         for (i, cb) in self.convs.iter().enumerate() {
             y = cb.forward_t(&y, train)?;
             if i != last {
-                y = y.relu()?;
+                y = relu(&y)?;
             }
         }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(x, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        relu(&(y + shortcut)?)
     }
 }
 
@@ -132,7 +132,7 @@ impl ResNet {
 
 impl FeatureExtractor for ResNet {
     fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.stem.forward_t(x, train)?.relu()?;
+        let mut x = relu(&self.stem.forward_t(x, train)?)?;
         x = max_pool2d(&x, 3, 2, 1)?;
         for stage in &self.layers {
             for block in stage {

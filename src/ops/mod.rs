@@ -6,9 +6,10 @@ pub mod activation;
 pub mod batch_norm;
 pub mod conv;
 pub mod depthwise;
+pub mod im2col;
 pub mod pool;
 
-pub use activation::relu6;
+pub use activation::{relu, relu6};
 pub use batch_norm::{batch_norm_eval, batch_norm_train};
 pub use conv::{conv2d, Conv2d};
 pub use depthwise::{depthwise_conv2d, DwParams};

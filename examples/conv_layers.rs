@@ -1,0 +1,57 @@
+//! Time the im2col + GEMM convolution (forward, dX, dW) on every ResNet-18 conv shape, batch 32.
+//! `cargo run --release --example conv_layers [batch]`; RAYON_NUM_THREADS sets the threads.
+
+use candle_core::{Device, Tensor};
+use std::time::Instant;
+use transfer_workbook::ops::im2col::{Conv, ConvGradInput, ConvGradWeight, ConvParams};
+
+fn time<T>(reps: usize, f: impl Fn() -> T) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[reps / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let b: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(32);
+    // (c_in, c_out, size, k, stride, pad, count in the network)
+    let layers = [
+        (3, 64, 224, 7, 2, 3, 1),
+        (64, 64, 56, 3, 1, 1, 4),
+        (64, 128, 56, 3, 2, 1, 1),
+        (128, 128, 28, 3, 1, 1, 3),
+        (64, 128, 56, 1, 2, 0, 1),
+        (128, 256, 28, 3, 2, 1, 1),
+        (256, 256, 14, 3, 1, 1, 3),
+        (128, 256, 28, 1, 2, 0, 1),
+        (256, 512, 14, 3, 2, 1, 1),
+        (512, 512, 7, 3, 1, 1, 3),
+        (256, 512, 14, 1, 2, 0, 1),
+    ];
+    let dev = Device::Cpu;
+    let (mut tf, mut tx, mut tw) = (0.0, 0.0, 0.0);
+    println!("{:>5} {:>5} {:>4} {:>2} {:>2} {:>3} {:>9} {:>9} {:>9}  GFLOP/s(fwd)", "cin", "cout", "hw", "k", "s", "n", "fwd ms", "dx ms", "dw ms");
+    for (ci, co, hw, k, s, p, count) in layers {
+        let x = Tensor::randn(0f32, 1., (b, ci, hw, hw), &dev)?;
+        let w = Tensor::randn(0f32, 1., (co, ci, k, k), &dev)?;
+        let pr = ConvParams { stride: s, padding: p };
+        let y = x.apply_op2_no_bwd(&w, &Conv { p: pr })?;
+        let (_, _, ho, wo) = y.dims4()?;
+        let f = time(5, || x.apply_op2_no_bwd(&w, &Conv { p: pr }).unwrap());
+        let dx = time(5, || y.apply_op2_no_bwd(&w, &ConvGradInput { p: pr, x_dims: x.dims4().unwrap() }).unwrap());
+        let dw = time(5, || x.apply_op2_no_bwd(&y, &ConvGradWeight { p: pr, w_dims: w.dims4().unwrap() }).unwrap());
+        let flops = 2.0 * (b * co * ho * wo * ci * k * k) as f64;
+        println!("{ci:>5} {co:>5} {hw:>4} {k:>2} {s:>2} {count:>3} {f:>9.1} {dx:>9.1} {dw:>9.1}  {:.1}", flops / f / 1e6);
+        tf += f * count as f64;
+        tx += dx * count as f64;
+        tw += dw * count as f64;
+    }
+    println!("network total: fwd {tf:.0} ms, dx {tx:.0} ms, dw {tw:.0} ms");
+    Ok(())
+}
