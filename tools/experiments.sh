@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The chapter's experiments on the real hot-dog photos with EfficientNet-Lite0 (CPU by
 # default; pass DEVICE=cuda for a CUDA build). Writes runs/<name>/{history.json, curves.*,
-# model.safetensors, log.txt}. Usage: tools/experiments.sh [finetune scratch freeze two-phase zero-shot]
+# model.safetensors, log.txt}.
+# Usage: tools/experiments.sh [zero-shot finetune finetune-hotdog-head scratch freeze two-phase]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/hotdog-seefood}
@@ -9,7 +10,7 @@ DEVICE=${DEVICE:-cpu}
 SEED=${SEED:-0}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
-  BIN=target/release/finetune
+  BIN=${CARGO_TARGET_DIR:-target}/release/finetune
 fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
 [ -f "$W" ] || bash tools/fetch-weights.sh
@@ -27,6 +28,7 @@ for exp in "${@:-finetune scratch freeze two-phase}"; do
     case $e in
       zero-shot) mkdir -p runs/zero-shot; "$BIN" zero-shot --data "$DATA" --device "$DEVICE" --weights "$W" 2>&1 | tee runs/zero-shot/log.txt ;;
       finetune) run lite0-finetune finetune "${common[@]}" --weights "$W" --epochs 5 ;;
+      finetune-hotdog-head) run lite0-finetune-hotdog-head finetune "${common[@]}" --weights "$W" --epochs 5 --head-init hotdog ;;
       scratch) run lite0-scratch scratch "${common[@]}" --epochs 5 ;;
       freeze) run lite0-freeze freeze "${common[@]}" --weights "$W" --epochs 5 ;;
       two-phase) run lite0-two-phase two-phase "${common[@]}" --weights "$W" --head-epochs 10 --fine-epochs 10 --patience 3 ;;
