@@ -1,7 +1,7 @@
 //! One experiment of the chapter, end to end: data, model, phases, outputs.
 //! This is what the CLI's training commands and the notebooks call.
 
-use crate::checkpoint::{load_pretrained, save_model, RunFiles, WeightsSource};
+use crate::checkpoint::{card::now_rfc3339, load_pretrained, save_model_with_card, ModelCard, RunFiles, WeightsSource};
 use crate::data::image_folder::load_train_test;
 use crate::data::ImageFolder;
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
@@ -125,7 +125,15 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
     if let Some(o) = &exp.out {
         outcome.history.save_json(&o.join("history.json"))?;
         crate::plot::save_curves(&outcome.history, &exp.title, &o.join("curves.png"), &o.join("curves.svg"))?;
-        save_model(&outcome.model, &o.join("model.safetensors"))?;
+        let kept = outcome.history.best_epoch.and_then(|e| outcome.history.records.iter().find(|r| r.epoch == e)).or(outcome.history.last());
+        let card = ModelCard {
+            image_size: Some(exp.image_size),
+            normalization: Some(norm),
+            trained_at: Some(now_rfc3339()),
+            test_accuracy: kept.map(|r| r.test_acc),
+            ..Default::default()
+        };
+        save_model_with_card(&outcome.model, &card, &o.join("model.safetensors"))?;
     }
     Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, test_data })
 }

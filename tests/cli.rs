@@ -42,6 +42,15 @@ fn scratch_run_writes_every_output_and_d2l_summary() {
     assert!(lines[n - 2].starts_with("loss ") && lines[n - 2].contains(", train acc ") && lines[n - 2].contains(", test acc "), "{stdout}");
     assert!(lines[n - 1].ends_with(" examples/sec on cpu"), "{stdout}");
 
+    // The saved model says how it was trained: what predict and serve need to take raw photos.
+    let card = transfer_workbook::checkpoint::ModelCard::read(&out.path().join("model.safetensors")).unwrap();
+    assert_eq!(card.image_size, Some(32));
+    assert_eq!(card.normalization, Some(transfer_workbook::transforms::Normalization::imagenet()));
+    assert_eq!(card.classes, Some(vec!["blue".to_string(), "red".to_string()]));
+    let last_test_acc = epochs[1]["test_acc"].as_f64().unwrap();
+    assert_eq!(card.test_accuracy, Some(last_test_acc));
+    assert!(card.trained_at.as_deref().is_some_and(|t| t.ends_with('Z') && t.len() == 20), "{:?}", card.trained_at);
+
     // The saved model predicts with its own class names.
     let img = data.path().join("test/red/0.png");
     let model = out.path().join("model.safetensors");

@@ -1,8 +1,9 @@
 //! A whole classifier to and from a file: a run's `model.safetensors` (its backbone and class
 //! names in the metadata), or pretrained ImageNet weights with a new or the original head.
 
+use super::card::ModelCard;
 use super::source::WeightsSource;
-use super::weights::{read_safetensors_metadata, read_tensors, save_safetensors};
+use super::weights::{read_tensors, save_safetensors};
 use crate::models::{Arch, BnMode, Classifier, HeadInit, ModelOptions, NamedTensors};
 use anyhow::{bail, Context};
 use candle_core::Device;
@@ -12,6 +13,14 @@ use std::path::Path;
 /// (written to a temporary file, then renamed).
 pub fn save_model(model: &Classifier, path: &Path) -> anyhow::Result<()> {
     save_safetensors(&model.state(), model.metadata(), path)
+}
+
+/// [`save_model`] with a [`ModelCard`] (image size, normalization, date, accuracy) in the
+/// metadata too; the model's own backbone and class names win over the card's.
+pub fn save_model_with_card(model: &Classifier, card: &ModelCard, path: &Path) -> anyhow::Result<()> {
+    let mut meta = card.to_metadata();
+    meta.extend(model.metadata());
+    save_safetensors(&model.state(), meta, path)
 }
 
 /// The tensors of a weights file, named by the file's path for error messages.
@@ -44,17 +53,20 @@ pub fn load_pretrained(opts: &ModelOptions, path: &Path, device: &Device) -> any
 /// named in a run's `model.safetensors`; checkpoints without one need it. Checkpoints without
 /// class names get ImageNet's 1000.
 pub fn load_model(weights: &WeightsSource, arch: Option<Arch>, device: &Device, cache: Option<&Path>) -> anyhow::Result<Classifier> {
+    Ok(load_model_with_card(weights, arch, device, cache)?.0)
+}
+
+/// [`load_model`], and the file's [`ModelCard`] (how to preprocess its input, what it is).
+pub fn load_model_with_card(weights: &WeightsSource, arch: Option<Arch>, device: &Device, cache: Option<&Path>) -> anyhow::Result<(Classifier, ModelCard)> {
     let path = weights.resolve(cache)?;
-    let meta = if path.extension().is_some_and(|e| e == "safetensors") { read_safetensors_metadata(&path)? } else { Default::default() };
-    let arch = match (arch, meta.get("backbone")) {
+    let card = ModelCard::read(&path)?;
+    let arch = match (arch, card.arch().with_context(|| path.display().to_string())?) {
         (Some(a), _) => a,
-        (None, Some(b)) => Arch::from_name(b).with_context(|| format!("{}: backbone in the metadata", path.display()))?,
+        (None, Some(a)) => a,
         (None, None) => bail!("{} does not name its backbone: pass the backbone explicitly", path.display()),
     };
-    let class_names: Vec<String> = match meta.get("classes") {
-        Some(c) => serde_json::from_str(c).with_context(|| format!("{}: bad 'classes' metadata", path.display()))?,
-        None => crate::imagenet::class_names(),
-    };
+    let class_names = card.classes.clone().unwrap_or_else(crate::imagenet::class_names);
     let opts = ModelOptions { head_init: HeadInit::ImageNet, bn_mode: BnMode::Frozen, ..ModelOptions::new(arch, class_names) };
-    Classifier::pretrained(&opts, &read_named(&path)?, device)
+    let model = Classifier::pretrained(&opts, &read_named(&path)?, device)?;
+    Ok((model, card))
 }
