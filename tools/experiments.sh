@@ -6,6 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/hotdog-seefood}
+if [ -d "$DATA/train" ]; then
+  data=(--data "$DATA")
+else
+  # Someone who cloned only this repository: the CLI downloads d2l's hotdog.zip (SHA-1 checked,
+  # cached under .cache/data) when no --data is given. Needs internet the first time.
+  echo "note: no photos in $DATA: using d2l's hotdog.zip (downloaded once into the cache)" >&2
+  data=()
+fi
 DEVICE=${DEVICE:-cpu}
 SEED=${SEED:-0}
 if [ -z "${BIN:-}" ]; then
@@ -14,7 +22,7 @@ if [ -z "${BIN:-}" ]; then
 fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
 [ -f "$W" ] || bash tools/fetch-weights.sh
-common=(--data "$DATA" --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)
+common=("${data[@]}" --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)
 run() {
   local name=$1; shift
   mkdir -p "runs/$name"
@@ -26,7 +34,7 @@ run() {
 for exp in "${@:-finetune scratch freeze two-phase}"; do
   for e in $exp; do
     case $e in
-      zero-shot) mkdir -p runs/zero-shot; "$BIN" zero-shot --data "$DATA" --device "$DEVICE" --weights "$W" 2>&1 | tee runs/zero-shot/log.txt ;;
+      zero-shot) mkdir -p runs/zero-shot; "$BIN" zero-shot "${data[@]}" --device "$DEVICE" --weights "$W" 2>&1 | tee runs/zero-shot/log.txt ;;
       finetune) run lite0-finetune finetune "${common[@]}" --weights "$W" --epochs 5 ;;
       finetune-hotdog-head) run lite0-finetune-hotdog-head finetune "${common[@]}" --weights "$W" --epochs 5 --head-init hotdog ;;
       scratch) run lite0-scratch scratch "${common[@]}" --epochs 5 ;;
