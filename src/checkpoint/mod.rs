@@ -2,6 +2,7 @@
 //! where pretrained weights come from (hub, local file), whole models, and the checkpoint a
 //! training run leaves after each epoch.
 
+pub mod hub;
 pub mod legacy_pth;
 pub mod model;
 pub mod source;
