@@ -310,6 +310,18 @@ fn hub_download_cut_off_halfway_is_resumed_and_the_partial_file_never_used() {
     let snapshot = cache.path().join("c/hub").join(REPO_DIR).join("snapshots").join(server.hub_commit()).join(FILE);
     assert_eq!(transfer_workbook::checkpoint::hub::sha256_file(&snapshot).unwrap(), sha);
 
+    // A .part longer than the file (left by an older hf-hub or another tool): hf-hub alone
+    // refuses it on every run ("Invalid part file"); it is removed and the file fetched whole.
+    let cache = tempfile::tempdir().unwrap();
+    let blobs = cache.path().join("c/hub").join(REPO_DIR).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(format!("{sha}.part")), vec![7u8; size + 10]).unwrap();
+    let o = run(cache.path());
+    row("stale .part longer than the file", &o, &cache.path().join("c"), &server);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(server.requests().last().unwrap(), &format!("GET /lfs/{sha} Range: bytes=0-"));
+    assert!(!blobs.join(format!("{sha}.part")).exists());
+
     // A server that answers the resumed request with the whole file: hf-hub appends it to the
     // .part; the SHA-256 check throws the result away, and the run after starts over.
     let cache = tempfile::tempdir().unwrap();

@@ -56,6 +56,7 @@ pub fn fetch(repo: &str, file: &str, cache_dir: Option<&Path>) -> anyhow::Result
     }
     let endpoint = endpoint();
     let api = ApiBuilder::from_cache(cache.clone())
+        .with_token(token())
         .with_endpoint(endpoint.clone())
         .with_progress(true)
         .build()
@@ -77,6 +78,12 @@ pub fn fetch(repo: &str, file: &str, cache_dir: Option<&Path>) -> anyhow::Result
     Ok(path)
 }
 
+/// `HF_TOKEN`, else the token `huggingface-cli login` saved under `HF_HOME` (hf-hub 0.4.3 reads
+/// only the file, and beside the cache folder, which `--cache-dir` moves).
+fn token() -> Option<String> {
+    std::env::var("HF_TOKEN").ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).or_else(|| Cache::from_env().token())
+}
+
 const LOCAL_COPY: &str = "pass --weights FILE with a local copy (.safetensors or .pth)";
 
 /// An hf-hub error as what happened and what to do.
@@ -84,7 +91,8 @@ fn explain(e: ApiError, name: &str, url: &str, endpoint: &str, blobs: &Path) -> 
     match e {
         ApiError::RequestError(err) => match *err {
             ureq::Error::Status(code, resp) if code == 401 || code == 403 => anyhow::anyhow!(
-                "the hub refused {url} (HTTP {code} {}): a gated or private repository needs a token (HF_TOKEN file under HF_HOME); or {LOCAL_COPY}",
+                "the hub refused {url} (HTTP {code} {}): the repository does not exist, or is gated or private and needs a token \
+                 (HF_TOKEN, or `huggingface-cli login`); or {LOCAL_COPY}",
                 resp.status_text()
             ),
             ureq::Error::Status(404, _) => anyhow::anyhow!("{name} is not on the hub ({url}: HTTP 404 Not Found); check the repository and file name, or {LOCAL_COPY}"),
@@ -97,7 +105,18 @@ fn explain(e: ApiError, name: &str, url: &str, endpoint: &str, blobs: &Path) -> 
                  (or HF_ENDPOINT), or {LOCAL_COPY} (HF_HUB_OFFLINE=1 uses only the cache)"
             ),
         },
-        ApiError::IoError(io) => {
+        // The body ended early (ureq: "response body closed before all bytes were read") or the
+        // connection broke; other I/O errors are the cache's own (permissions, disk full).
+        ApiError::IoError(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
             let kept: u64 = partial_files(blobs).iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
             anyhow::anyhow!(
                 "the download of {url} was cut off ({io}); the {kept} bytes received are kept as a .part file in {} \
@@ -105,6 +124,7 @@ fn explain(e: ApiError, name: &str, url: &str, endpoint: &str, blobs: &Path) -> 
                 blobs.display()
             )
         }
+        ApiError::IoError(io) => anyhow::anyhow!("could not write {name} into the hub cache {}: {io}", blobs.display()),
         other => anyhow::Error::new(other).context(format!("could not get {name} from {url}; {LOCAL_COPY}")),
     }
 }
