@@ -13,8 +13,19 @@ use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfi
 use transfer_workbook::transforms::{Normalization, Pipeline};
 use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
 
+/// The environment variables the downloads read (README "The first run, online").
+const ENVIRONMENT: &str = "\
+Environment:
+  WORKBOOK_HOTDOG_URL  where hotdog.zip comes from instead of d2l's URL: URL (d2l's SHA-1 is
+                       expected) or URL#sha1=HEX (another file)
+  HF_ENDPOINT          the Hugging Face hub's address (default https://huggingface.co)
+  HF_HOME              the hub cache is $HF_HOME/hub (default ~/.cache/huggingface/hub) unless
+                       --cache-dir DIR is given (then DIR/hub)
+  HF_HUB_OFFLINE=1     never ask the hub: hub weights come from the cache only
+  WORKBOOK_WEIGHTS_DIR first folder searched for local weights files (EfficientNet-Lite0)";
+
 #[derive(Parser)]
-#[command(name = "finetune", version, about = "Fine-tuning pretrained CNNs with Candle: the d2l.ai hot-dog chapter and the Keras two-phase recipe")]
+#[command(name = "finetune", version, about = "Fine-tuning pretrained CNNs with Candle: the d2l.ai hot-dog chapter and the Keras two-phase recipe", after_help = ENVIRONMENT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +51,7 @@ enum Command {
     ZeroShot(ZeroShotArgs),
     /// Time training steps and inference on random data (img/s), optionally a real epoch on photos.
     Bench(BenchArgs),
-    /// Download and unpack the d2l hot-dog data set (SHA-1 checked).
+    /// Download and unpack the d2l hot-dog data set (SHA-1 checked; $WORKBOOK_HOTDOG_URL overrides the URL).
     Download(DownloadArgs),
 }
 
@@ -145,7 +156,7 @@ struct ZeroShotArgs {
 
 #[derive(Args, Clone)]
 struct CommonArgs {
-    /// Data folder with train/<class>/ and test/<class>/ (default: download d2l's hotdog.zip).
+    /// Data folder with train/<class>/ and test/<class>/ (default: download d2l's hotdog.zip, or $WORKBOOK_HOTDOG_URL).
     #[arg(long)]
     data: Option<PathBuf>,
     #[arg(long, default_value = "resnet18")]
@@ -171,7 +182,7 @@ struct CommonArgs {
     /// Use only the first N images of each class (quick runs).
     #[arg(long)]
     limit_per_class: Option<usize>,
-    /// Where downloads (data, hub weights) are cached.
+    /// Where downloads are cached: DIR/data (hotdog.zip) and DIR/hub (hub weights); default .cache/data and $HF_HOME/hub.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// No progress bars.
@@ -180,6 +191,7 @@ struct CommonArgs {
 }
 
 #[derive(Args, Clone)]
+#[command(after_help = ENVIRONMENT)]
 struct TrainArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -222,6 +234,7 @@ struct TrainArgs {
 }
 
 #[derive(Args, Clone)]
+#[command(after_help = ENVIRONMENT)]
 struct TwoPhaseArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -286,6 +299,7 @@ struct PeekArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = ENVIRONMENT)]
 struct DownloadArgs {
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -303,6 +317,11 @@ fn data_dir(data: &Option<PathBuf>, cache: &Option<PathBuf>) -> anyhow::Result<P
             hotdog(&cache).context("getting the d2l hot-dog data (pass --data DIR to use a local copy)")
         }
     }
+}
+
+/// The hub cache under `--cache-dir DIR` (DIR/hub, as for training), else hf-hub's own.
+fn hub_cache(cache: &Option<PathBuf>) -> Option<PathBuf> {
+    cache.as_ref().map(|c| c.join("hub"))
 }
 
 fn weights_source(arch: Arch, weights: &Option<String>) -> WeightsSource {
@@ -344,7 +363,7 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
         resume: common.resume,
         progress: !common.quiet,
         limit_per_class: common.limit_per_class,
-        cache_dir: common.cache_dir.as_ref().map(|c| c.join("hub")),
+        cache_dir: hub_cache(&common.cache_dir),
         head_init: HeadInit::Xavier,
     })
 }
@@ -410,7 +429,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         (None, Some(arch)) => default_weights(arch),
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
-    let model = load_model(&source, a.backbone, &device, a.cache_dir.as_deref())?;
+    let model = load_model(&source, a.backbone, &device, hub_cache(&a.cache_dir).as_deref())?;
     for path in &a.images {
         let preds = transfer_workbook::predict::predict(&model, &open_image(path)?, a.image_size, a.top_k)?;
         println!("{}:", path.display());
@@ -424,7 +443,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     let arch = a.backbone;
     let model = match &a.weights {
-        Some(w) => load_model(&WeightsSource::parse(w), Some(arch), &Device::Cpu, a.cache_dir.as_deref())?,
+        Some(w) => load_model(&WeightsSource::parse(w), Some(arch), &Device::Cpu, hub_cache(&a.cache_dir).as_deref())?,
         None => Classifier::scratch(&ModelOptions::new(arch, transfer_workbook::imagenet::class_names()), &Device::Cpu)?,
     };
     println!("backbone: {arch} (normalization {:?})", arch.normalization());
@@ -444,7 +463,7 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let arch = a.backbone;
     let device = parse_device(&a.device)?;
-    let model = load_model(&weights_source(arch, &a.weights), Some(arch), &device, a.cache_dir.as_deref())?;
+    let model = load_model(&weights_source(arch, &a.weights), Some(arch), &device, hub_cache(&a.cache_dir).as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");
     }

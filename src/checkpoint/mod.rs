@@ -3,6 +3,7 @@
 //! training run leaves after each epoch.
 
 pub mod card;
+pub mod hub;
 pub mod legacy_pth;
 pub mod model;
 pub mod source;

@@ -1,8 +1,9 @@
 //! Where pretrained tensors come from: a local file, or a file of a Hugging Face hub repository
-//! (cached by hf-hub; `HF_HOME` / `HF_ENDPOINT` are honoured), and each backbone's default.
+//! (cached by hf-hub; `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE` are honoured: [`super::hub`]),
+//! and each backbone's default.
 
 use crate::models::Arch;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,16 +44,7 @@ impl WeightsSource {
                 }
                 Ok(p.clone())
             }
-            WeightsSource::Hub { repo, file } => {
-                let mut b = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true);
-                if let Some(dir) = cache_dir {
-                    b = b.with_cache_dir(dir.to_path_buf());
-                }
-                let api = b.build().context("setting up the Hugging Face hub client")?;
-                api.model(repo.clone()).get(file).with_context(|| {
-                    format!("could not get {file} of hf:{repo} (offline? pass --weights FILE with a local copy)")
-                })
-            }
+            WeightsSource::Hub { repo, file } => super::hub::fetch(repo, file, cache_dir),
         }
     }
 

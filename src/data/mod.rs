@@ -5,6 +5,6 @@ pub mod download;
 pub mod image_folder;
 pub mod loader;
 
-pub use download::{download_extract, hotdog, HOTDOG_SHA1, HOTDOG_URL};
+pub use download::{download_extract, hotdog, hotdog_source, HOTDOG_SHA1, HOTDOG_URL, HOTDOG_URL_ENV};
 pub use image_folder::{ImageFolder, Skipped};
 pub use loader::{Batch, Loader};

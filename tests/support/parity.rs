@@ -214,6 +214,14 @@ impl Fixture {
     }
 }
 
+/// The formula weights of `arch` under their checkpoint names (torchvision's, which timm's
+/// `*.tv_in1k` ResNet files use too), each checked against the generator's fingerprint: a
+/// stand-in for the hub's ImageNet file (`tests/first_run.rs`).
+#[allow(dead_code)] // not used by the parity tests themselves
+pub fn formula_weights(arch: Arch) -> HashMap<String, Tensor> {
+    (*Fixture::load(arch).weights.tensors).clone()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Comparison
 
