@@ -66,7 +66,7 @@ fn cli_lr_find_writes_plot_and_json_and_prints_the_rule() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("suggested lr ") && (stdout.contains("steepest descent") || stdout.contains("minimum")), "{stdout}");
+    assert!(stdout.contains("suggested lr ") && (stdout.contains("valley") || stdout.contains("minimum")), "{stdout}");
     assert!(out.path().join("lr-find.png").is_file());
     let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("lr-find.json")).unwrap()).unwrap();
     let s = j["suggestion"].as_f64().unwrap();

@@ -33,7 +33,8 @@ enum Command {
     /// Classify images (files, folders searched recursively, globs) in batches: text, JSON or CSV.
     Predict(PredictArgs),
     /// Learning-rate finder: an exponential lr sweep over one pass; plot, JSON and a suggested lr
-    /// (steepest descent of the smoothed loss). The model file is not changed or saved.
+    /// (fastai's valley rule: the middle of the longest falling stretch of the smoothed loss).
+    /// The weights file is not changed and nothing is saved but the plot and JSON.
     LrFind(LrFindArgs),
     /// The model's head, its parameter counts and its freezable blocks.
     Info(InfoArgs),
@@ -560,7 +561,9 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
         None => println!("{} steps from {:.0e} to {:.0e}; no divergence", r.points.len(), r.start_lr, r.points.last().map_or(r.end_lr, |p| p.lr)),
     }
     println!("lowest smoothed loss at lr {:.2e}", r.min_loss_lr);
-    println!("suggested lr {:.2e} ({}; for --lr of the {name} recipe)", r.suggestion, r.rule.describe());
+    let steep = r.steepest.map_or("none (the loss never fell)".to_string(), |l| format!("{l:.2e}"));
+    println!("other rules: steepest descent {steep}, minimum / 10 {:.2e}", r.min_over_ten);
+    println!("suggested lr {:.2e} ({}; for --lr of the {name} recipe at --batch-size {})", r.suggestion, r.rule.describe(), c.batch_size);
     Ok(())
 }
 

@@ -3,11 +3,14 @@
 //! `end_lr`, record the loss of every step, and stop once the smoothed loss exceeds
 //! `diverge` times its best value.
 //!
-//! The suggestion ([`suggest`]) is the lr of the **steepest descent** of the smoothed loss
-//! (the most negative `d loss / d log(lr)`, central differences), searched only up to the
-//! smoothed loss's minimum, so it lies inside the swept range and below the divergence; fastai's
-//! `SuggestionMethod.Steep`. When the minimum comes too early to have a slope before it, the
-//! suggestion is the lr of the minimum / 10 (fastai's other classic rule), clamped to the start.
+//! The suggestion ([`suggest`]) is fastai's default rule since 2.5, **valley** ([`valley`]):
+//! the middle of the longest stretch over which the smoothed loss keeps falling (the longest
+//! decreasing subsequence, fastai's code), computed on the points before the divergence so it
+//! lies inside the swept range and below it. On the real photos (Lite0, batch 8, 45 steps) the
+//! per-step loss is noisy enough that the older **steepest descent** rule ([`steepest`], the most
+//! negative `d loss / d log(lr)` before the minimum) picked 3.3e-7, a wiggle in the first steps,
+//! while valley picked 5.1e-5; both, and the lr of the minimum / 10, are reported. When the loss
+//! never falls, the suggestion is the minimum's lr / 10, clamped to the start.
 //!
 //! The model's weights and BatchNorm statistics are restored afterwards: the sweep changes
 //! nothing the caller sees.
@@ -72,6 +75,8 @@ pub struct LrPoint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SuggestionRule {
+    /// fastai's valley: the middle of the longest decreasing stretch of the smoothed loss.
+    Valley,
     /// The steepest descent of the smoothed loss before its minimum.
     SteepestDescent,
     /// The lr of the smoothed loss's minimum / 10 (the minimum came too early for a slope).
@@ -81,6 +86,7 @@ pub enum SuggestionRule {
 impl SuggestionRule {
     pub fn describe(self) -> &'static str {
         match self {
+            Self::Valley => "fastai's valley: the middle of the longest stretch over which the smoothed loss keeps falling",
             Self::SteepestDescent => "steepest descent of the smoothed loss (most negative d loss / d log lr, before its minimum)",
             Self::MinimumOverTen => "lr at the minimum of the smoothed loss / 10",
         }
@@ -100,6 +106,9 @@ pub struct LrFindResult {
     pub min_loss_lr: f64,
     pub suggestion: f64,
     pub rule: SuggestionRule,
+    /// The other rules, for comparison: steepest descent (if the loss fell) and minimum / 10.
+    pub steepest: Option<f64>,
+    pub min_over_ten: f64,
 }
 
 /// The `i`-th of `n` geometrically spaced lrs from `start` to `end` (both included).
@@ -110,14 +119,39 @@ pub fn geometric_lr(start: f64, end: f64, i: usize, n: usize) -> f64 {
     start * (end / start).powf(i as f64 / (n - 1) as f64)
 }
 
-/// The suggested lr for a smoothed loss curve over `lrs` (see the module doc), and the rule used.
-pub fn suggest(lrs: &[f64], smoothed: &[f64]) -> Option<(f64, SuggestionRule)> {
+/// fastai's `valley` (fastai/callback/schedule.py): the longest decreasing subsequence of
+/// `smoothed` and the point half way along it (`start + len/3 + len/6`, as fastai rounds).
+/// `None` when the loss never falls.
+pub fn valley(lrs: &[f64], smoothed: &[f64]) -> Option<f64> {
     let n = lrs.len().min(smoothed.len());
-    if n == 0 {
+    let mut lds = vec![1usize; n];
+    // fastai's start is one before the run's first point when the run starts at index 0 (-1).
+    let (mut max_start, mut max_end) = (0isize, 0usize);
+    for i in 1..n {
+        for j in 0..i {
+            if smoothed[i] < smoothed[j] && lds[i] < lds[j] + 1 {
+                lds[i] = lds[j] + 1;
+            }
+            if lds[max_end] < lds[i] {
+                max_end = i;
+                max_start = max_end as isize - lds[max_end] as isize;
+            }
+        }
+    }
+    if max_end == 0 {
         return None;
     }
+    let sections = (max_end as isize - max_start) as f64 / 3.0;
+    let idx = max_start + sections as isize + (sections / 2.0) as isize;
+    Some(lrs[idx.clamp(0, n as isize - 1) as usize])
+}
+
+/// The lr of the most negative `d smoothed / d ln(lr)` (central differences) up to the
+/// minimum of `smoothed`, the first tenth skipped (the bias-corrected average is still noisy
+/// there). `None` when the loss does not fall before its minimum.
+pub fn steepest(lrs: &[f64], smoothed: &[f64]) -> Option<f64> {
+    let n = lrs.len().min(smoothed.len());
     let min = (0..n).filter(|&i| smoothed[i].is_finite()).min_by(|&a, &b| smoothed[a].total_cmp(&smoothed[b]))?;
-    // The first tenth is skipped: the bias-corrected average is still noisy there.
     let skip = (n / 10).max(1);
     let mut best: Option<(usize, f64)> = None;
     for i in skip..=min {
@@ -129,10 +163,23 @@ pub fn suggest(lrs: &[f64], smoothed: &[f64]) -> Option<(f64, SuggestionRule)> {
             best = Some((i, slope));
         }
     }
-    Some(match best {
-        Some((i, _)) => (lrs[i], SuggestionRule::SteepestDescent),
-        None => ((lrs[min] / 10.0).max(lrs[0]), SuggestionRule::MinimumOverTen),
-    })
+    best.map(|(i, _)| lrs[i])
+}
+
+/// The lr of the lowest smoothed loss / 10, no lower than the first lr.
+pub fn min_over_ten(lrs: &[f64], smoothed: &[f64]) -> Option<f64> {
+    let n = lrs.len().min(smoothed.len());
+    let min = (0..n).filter(|&i| smoothed[i].is_finite()).min_by(|&a, &b| smoothed[a].total_cmp(&smoothed[b]))?;
+    Some((lrs[min] / 10.0).max(lrs[0]))
+}
+
+/// The suggested lr for a smoothed loss curve over `lrs` (points before any divergence): valley,
+/// else minimum / 10; and the rule used.
+pub fn suggest(lrs: &[f64], smoothed: &[f64]) -> Option<(f64, SuggestionRule)> {
+    if let Some(lr) = valley(lrs, smoothed) {
+        return Some((lr, SuggestionRule::Valley));
+    }
+    min_over_ten(lrs, smoothed).map(|lr| (lr, SuggestionRule::MinimumOverTen))
 }
 
 /// Sweep the lr over (at most) one shuffled pass of `train` through `pipeline`. `model` should
@@ -184,16 +231,35 @@ fn sweep(model: &Classifier, train: Arc<ImageFolder>, pipeline: Arc<Pipeline>, c
         }
         best = best.min(smoothed);
     }
-    let lrs: Vec<f64> = points.iter().map(|p| p.lr).collect();
-    let sm: Vec<f64> = points.iter().map(|p| p.smoothed).collect();
+    // The rules look at the points before the divergence.
+    let kept = &points[..points.len() - usize::from(diverged_at.is_some() && points.len() > 1)];
+    let lrs: Vec<f64> = kept.iter().map(|p| p.lr).collect();
+    let sm: Vec<f64> = kept.iter().map(|p| p.smoothed).collect();
     let Some((suggestion, rule)) = suggest(&lrs, &sm) else { bail!("the lr sweep recorded no finite loss") };
+    let (steepest, min_over_ten) = (steepest(&lrs, &sm), min_over_ten(&lrs, &sm).unwrap_or(cfg.start_lr));
     let min_loss_lr = points.iter().filter(|p| p.smoothed.is_finite()).min_by(|a, b| a.smoothed.total_cmp(&b.smoothed)).map_or(cfg.start_lr, |p| p.lr);
-    Ok(LrFindResult { start_lr: cfg.start_lr, end_lr: cfg.end_lr, planned_steps: steps, points, diverged_at, min_loss_lr, suggestion, rule })
+    Ok(LrFindResult { start_lr: cfg.start_lr, end_lr: cfg.end_lr, planned_steps: steps, points, diverged_at, min_loss_lr, suggestion, rule, steepest, min_over_ten })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn valley_on_a_hand_made_curve() {
+        // Longest decreasing run lengths (lds): 1, 1, 2, 2, 3, 4, 4, 5, 5, 1. fastai keeps the
+        // first index reaching the longest, 7 (0.5), and start = 7 - 5 = 2; sections = 5/3,
+        // idx = 2 + 1 + 0 = 3.
+        let lrs: Vec<f64> = (0..10).map(|i| 10f64.powf(-4.0 + 0.5 * i as f64)).collect();
+        let sm = [1.0, 1.1, 0.9, 0.95, 0.8, 0.7, 0.75, 0.5, 0.6, 3.0];
+        assert_eq!(valley(&lrs, &sm), Some(lrs[3]));
+        assert_eq!(suggest(&lrs, &sm), Some((lrs[3], SuggestionRule::Valley)));
+        // A steady fall over 10 points: lds = 1..10, start 9 - 10 = -1, sections 10/3,
+        // idx -1 + 3 + 1 = 3 (as fastai's Python computes it).
+        let fall: Vec<f64> = (0..10).map(|i| 2.0 - 0.1 * i as f64).collect();
+        assert_eq!(valley(&lrs, &fall), Some(lrs[3]));
+        assert_eq!(valley(&lrs, &[1.0, 1.0, 2.0]), None);
+    }
 
     #[test]
     fn steepest_descent_on_a_hand_made_curve() {
@@ -202,26 +268,25 @@ mod tests {
         // i=6 +0.10. The minimum is at i=6 (0.35); the steepest descent before it is i=4: 1e-2.
         let lrs: Vec<f64> = (0..9).map(|i| 10f64.powf(-4.0 + 0.5 * i as f64)).collect();
         let sm = [1.0, 1.0, 0.98, 0.9, 0.6, 0.4, 0.35, 0.5, 2.0];
-        let (lr, rule) = suggest(&lrs, &sm).unwrap();
-        assert_eq!(rule, SuggestionRule::SteepestDescent);
+        let lr = steepest(&lrs, &sm).unwrap();
         assert!((lr - 1e-2).abs() < 1e-12, "{lr}");
         // A steeper drop after the minimum does not count: only up to the minimum. Ten points:
         // i=1 -0.5, i=2 -0.45, i=3 -0.3, i=4 -0.15, i=5 -0.1; minimum at i=6; i=8 (-2.8) is after it.
         let lrs: Vec<f64> = (0..10).map(|i| 10f64.powf(-4.0 + 0.5 * i as f64)).collect();
         let sm2 = [1.0, 0.9, 0.5, 0.45, 0.2, 0.3, 0.1, 3.0, 9.0, 0.2];
-        assert_eq!(suggest(&lrs, &sm2).unwrap(), (lrs[1], SuggestionRule::SteepestDescent));
+        assert_eq!(steepest(&lrs, &sm2), Some(lrs[1]));
     }
 
     #[test]
     fn minimum_over_ten_when_the_loss_only_rises() {
         let lrs: Vec<f64> = (0..5).map(|i| geometric_lr(1e-3, 1e1, i, 5)).collect();
         assert!((lrs[1] - 1e-2).abs() < 1e-15 && (lrs[4] - 10.0).abs() < 1e-12);
+        // Never falls: no valley, no steepest descent; minimum at i=0 -> 1e-3 / 10, clamped to 1e-3.
         let sm = [0.5, 0.6, 0.8, 1.5, 3.0];
-        // Minimum at i=0 -> 1e-3 / 10, clamped to the start 1e-3.
+        assert_eq!(steepest(&lrs, &sm), None);
         assert_eq!(suggest(&lrs, &sm).unwrap(), (1e-3, SuggestionRule::MinimumOverTen));
-        let sm = [0.6, 0.5, 0.8, 1.5, 3.0];
-        // Minimum at i=1; the slope at i=1 is positive (0.8 - 0.6) -> 1e-2 / 10.
-        assert_eq!(suggest(&lrs, &sm).unwrap(), (1e-3, SuggestionRule::MinimumOverTen));
+        // Minimum at i=2 (not the first): 1e-1 / 10 = 1e-2.
+        assert!((min_over_ten(&lrs, &[0.6, 0.5, 0.4, 1.5, 3.0]).unwrap() - 1e-2).abs() < 1e-15);
         assert!(suggest(&[], &[]).is_none());
     }
 }
