@@ -489,8 +489,8 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
         (None, Some(arch)) => default_weights(arch),
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
-    let paths = expand_inputs(&a.images)?;
     let (model, card) = load_model_with_card(&source, a.backbone, &device, a.cache_dir.as_deref())?;
+    let paths = expand_inputs(&a.images)?;
     let mut pre = Preprocess::from_card(&model, &card);
     pre.image_size = a.image_size.unwrap_or(pre.image_size);
     let said = if card.image_size.is_some() { "from the model file" } else { "defaults" };
