@@ -115,6 +115,8 @@ fn adam_phase(epochs: usize, freeze: Freeze, bn_mode: BnMode) -> PhaseConfig {
         bn_mode,
         reduction: Reduction::Mean,
         early_stopping: None,
+        schedule: Default::default(),
+        warmup_epochs: 0,
     }
 }
 

@@ -5,11 +5,11 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
-use transfer_workbook::checkpoint::{default_weights, load_model, WeightsSource};
+use transfer_workbook::checkpoint::{default_weights, load_model, load_model_with_card, WeightsSource};
 use transfer_workbook::data::{hotdog, ImageFolder};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
-use transfer_workbook::predict::open_image;
-use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction};
+use transfer_workbook::predict::report::Format;
+use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction, Schedule};
 use transfer_workbook::transforms::{Normalization, Pipeline};
 use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
 
@@ -41,8 +41,12 @@ enum Command {
     Freeze(TrainArgs),
     /// The Keras recipe: head first (Adam 1e-3, backbone frozen), then the top blocks at 1e-5.
     TwoPhase(TwoPhaseArgs),
-    /// Classify images: top-k classes with names.
+    /// Classify images (files, folders searched recursively, globs) in batches: text, JSON or CSV.
     Predict(PredictArgs),
+    /// Learning-rate finder: an exponential lr sweep over one pass; plot, JSON and a suggested lr
+    /// (fastai's valley rule: the middle of the longest falling stretch of the smoothed loss).
+    /// The weights file is not changed and nothing is saved but the plot and JSON.
+    LrFind(LrFindArgs),
     /// The model's head, its parameter counts and its freezable blocks.
     Info(InfoArgs),
     /// The first 8 images of the first class and the last 8 of the last, as one PNG grid.
@@ -225,6 +229,8 @@ struct TrainArgs {
     /// Training augmentation: d2l (RandomResizedCrop + flip) or keras (resize + random crop + flip).
     #[arg(long, value_enum, default_value_t = Augment::D2l)]
     augment: Augment,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
     /// The new head's start.
     #[arg(long, value_enum, default_value_t = HeadStart::Xavier)]
     head_init: HeadStart,
@@ -251,13 +257,71 @@ struct TwoPhaseArgs {
     unfreeze_from: Option<String>,
     #[arg(long, default_value_t = 3)]
     patience: usize,
+    /// Applied to each phase on its own (each warms up and anneals over its own epochs).
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+}
+
+/// The learning-rate schedule, applied per optimizer step within a phase; `lr` in history.json
+/// is each epoch's mean backbone lr.
+#[derive(Args, Clone)]
+struct ScheduleArgs {
+    /// constant (d2l, Keras), cosine (decay to 0), or onecycle (PyTorch's OneCycleLR: lr/25 up to lr, then down to lr/25/1e4).
+    #[arg(long, value_enum, default_value_t = Schedule::Constant)]
+    schedule: Schedule,
+    /// Epochs at the start of each phase whose lr rises linearly to lr (onecycle: its rising part; default 30% of the steps).
+    #[arg(long, default_value_t = 0)]
+    warmup_epochs: usize,
+}
+
+impl ScheduleArgs {
+    fn apply(&self, phase: &mut PhaseConfig) -> anyhow::Result<()> {
+        if self.warmup_epochs > phase.epochs {
+            bail!("--warmup-epochs {} is more than the {} epochs of phase '{}'", self.warmup_epochs, phase.epochs, phase.name);
+        }
+        phase.schedule = self.schedule;
+        phase.warmup_epochs = self.warmup_epochs;
+        Ok(())
+    }
+}
+
+/// `lr-find --recipe`: whose optimizer, loss, freezing and head lr the sweep uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LrRecipe {
+    /// d2l fine-tuning: SGD, weight decay 1e-3, summed loss, head at 10x.
+    Finetune,
+    /// d2l from scratch (random weights).
+    Scratch,
+    /// d2l with the backbone frozen (head only).
+    Freeze,
+    /// The Keras recipe's phase 1: Adam, mean loss, backbone and BatchNorm frozen.
+    KerasHead,
+}
+
+#[derive(Args)]
+struct LrFindArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[arg(long, value_enum, default_value_t = LrRecipe::Finetune)]
+    recipe: LrRecipe,
+    #[arg(long, default_value_t = 1e-7)]
+    start_lr: f64,
+    #[arg(long, default_value_t = 10.0)]
+    end_lr: f64,
+    /// At most this many steps (one pass over the training data at most: lower --batch-size for more).
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Head lr = swept lr x this (default: the recipe's).
+    #[arg(long)]
+    head_lr_mult: Option<f64>,
 }
 
 #[derive(Args)]
 struct PredictArgs {
-    /// Image files to classify.
+    /// Image files, folders (searched recursively for image files) and glob patterns ('photos/*.jpg').
+    /// Unreadable images are skipped with a warning; the exit code is non-zero only if none could be read.
     #[arg(required = true)]
-    images: Vec<PathBuf>,
+    images: Vec<String>,
     /// A model.safetensors written by a training command, or pretrained ImageNet weights.
     #[arg(long)]
     weights: Option<String>,
@@ -266,8 +330,14 @@ struct PredictArgs {
     backbone: Option<Arch>,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    #[arg(long, default_value_t = 224)]
-    image_size: u32,
+    /// Input size (default: the one in the model file, else 224).
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long)]
@@ -395,6 +465,8 @@ fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
         early_stopping: a.patience.map(EarlyStopping::new),
         ..base
     };
+    let mut phase = phase;
+    a.schedule.apply(&mut phase)?;
     let mut exp = experiment(&a.common, command, init, vec![phase], a.augment)?;
     exp.head_init = match a.head_init {
         HeadStart::Xavier => HeadInit::Xavier,
@@ -414,29 +486,102 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
     let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
     phases[0].lr = a.head_lr;
     phases[1].lr = a.fine_lr;
+    for p in &mut phases {
+        a.schedule.apply(p)?;
+    }
     // Fail on a bad block name now, not after phase 1.
     phases[1].freeze.predicate(arch)?;
     let init = ModelInit::Pretrained(weights_source(arch, &a.common.weights));
     run_experiment(experiment(&a.common, "two-phase", init, phases, Augment::Keras)?)
 }
 
-/// A model for inference: a run's model.safetensors (backbone and classes in its metadata),
-/// or pretrained weights with their ImageNet head.
+/// A model for inference: a run's model.safetensors (backbone, classes, image size and
+/// normalization in its metadata), or pretrained weights with their ImageNet head.
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    use transfer_workbook::predict::{inputs::expand_inputs, predict_files, report::write_records, Preprocess};
+    if a.batch_size == 0 || a.top_k == 0 || a.image_size.is_some_and(|s| s < 32) {
+        bail!("--batch-size and --top-k must be at least 1 and --image-size at least 32");
+    }
     let device = parse_device(&a.device)?;
     let source = match (&a.weights, a.backbone) {
         (Some(w), _) => WeightsSource::parse(w),
         (None, Some(arch)) => default_weights(arch),
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
-    let model = load_model(&source, a.backbone, &device, hub_cache(&a.cache_dir).as_deref())?;
-    for path in &a.images {
-        let preds = transfer_workbook::predict::predict(&model, &open_image(path)?, a.image_size, a.top_k)?;
-        println!("{}:", path.display());
-        for p in preds {
-            println!("  {:6.2}%  {:>4}  {}", p.probability * 100.0, p.index, p.class);
-        }
+    let (model, card) = load_model_with_card(&source, a.backbone, &device, hub_cache(&a.cache_dir).as_deref())?;
+    let paths = expand_inputs(&a.images)?;
+    let mut pre = Preprocess::from_card(&model, &card);
+    pre.image_size = a.image_size.unwrap_or(pre.image_size);
+    let said = if card.image_size.is_some() { "from the model file" } else { "defaults" };
+    eprintln!("{} images; {} px, normalization {:?} ({said}, --image-size overrides)", paths.len(), pre.image_size, pre.normalization);
+    let out = predict_files(&model, &paths, &pre, a.top_k, a.batch_size)?;
+    write_records(&mut std::io::stdout().lock(), &out.records, a.format)?;
+    eprintln!("predicted {} images, skipped {} unreadable", out.records.len(), out.skipped.len());
+    if out.records.is_empty() {
+        bail!("none of the {} files could be read as an image", paths.len());
     }
+    Ok(())
+}
+
+/// The lr sweep on a copy of the recipe's starting model; writes OUT/lr-find.{png,json}.
+fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
+    use transfer_workbook::train::{lr_find, LrFindConfig};
+    let c = &a.common;
+    let arch = c.backbone;
+    if c.batch_size == 0 || c.image_size < 32 || a.steps < 5 {
+        bail!("--batch-size must be at least 1, --image-size at least 32 and --steps at least 5");
+    }
+    let (phase, name) = match a.recipe {
+        LrRecipe::Finetune => (recipes::d2l_finetune(1), "finetune"),
+        LrRecipe::Scratch => (recipes::d2l_scratch(1), "scratch"),
+        LrRecipe::Freeze => (recipes::d2l_freeze(1), "freeze"),
+        LrRecipe::KerasHead => (recipes::keras_two_phase(arch, 1, 1, None, 1).remove(0), "keras-head"),
+    };
+    let init = if a.recipe == LrRecipe::Scratch { ModelInit::Scratch } else { ModelInit::Pretrained(weights_source(arch, &c.weights)) };
+    let device = parse_device(&c.device)?;
+    let dir = data_dir(&c.data, &c.cache_dir)?;
+    let mut train = ImageFolder::load(dir.join("train"))?;
+    if let Some(n) = c.limit_per_class {
+        train = train.take_per_class(n);
+    }
+    eprintln!("{}", train.summary());
+    let opts = ModelOptions { seed: c.seed, ..ModelOptions::new(arch, train.classes.clone()) };
+    let model = transfer_workbook::experiment::build_model(&opts, &init, &device, hub_cache(&c.cache_dir).as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
+    let norm = arch.normalization();
+    let pipeline = if a.recipe == LrRecipe::KerasHead { Pipeline::keras_train(c.image_size, norm) } else { Pipeline::d2l_train(c.image_size, norm) };
+    let cfg = LrFindConfig {
+        start_lr: a.start_lr,
+        end_lr: a.end_lr,
+        max_steps: a.steps,
+        batch_size: c.batch_size,
+        seed: c.seed,
+        optimizer: phase.optimizer.clone(),
+        head_lr_mult: a.head_lr_mult.unwrap_or(phase.head_lr_mult),
+        reduction: phase.reduction,
+        on_step: if c.quiet { None } else { Some(|i, n| eprint!("\rlr sweep: step {i}/{n}")) },
+        ..Default::default()
+    };
+    let steps = a.steps.min(train.len().div_ceil(c.batch_size));
+    if steps < 20 {
+        eprintln!("warning: only {steps} steps in one pass at --batch-size {}: pass a smaller --batch-size for a finer curve", c.batch_size);
+    }
+    let r = lr_find(&model, Arc::new(train), Arc::new(pipeline), &cfg)?;
+    eprintln!();
+    let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join("lr-find"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let title = format!("lr finder: {arch}, {name}, {}px, batch {}", c.image_size, c.batch_size);
+    transfer_workbook::plot::save_lr_find(&r, &title, &out.join("lr-find.png"))?;
+    let json = out.join("lr-find.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("wrote {}/{{lr-find.png, lr-find.json}} (nothing else: the model is not changed or saved)", out.display());
+    match r.diverged_at {
+        Some(lr) => println!("{} steps from {:.0e}; the smoothed loss diverged (> 4x its best) at lr {lr:.2e}", r.points.len(), r.start_lr),
+        None => println!("{} steps from {:.0e} to {:.0e}; no divergence", r.points.len(), r.start_lr, r.points.last().map_or(r.end_lr, |p| p.lr)),
+    }
+    println!("lowest smoothed loss at lr {:.2e}", r.min_loss_lr);
+    let steep = r.steepest.map_or("none (the loss never fell)".to_string(), |l| format!("{l:.2e}"));
+    println!("other rules: steepest descent {steep}, minimum / 10 {:.2e}", r.min_over_ten);
+    println!("suggested lr {:.2e} ({}; for --lr of the {name} recipe at --batch-size {})", r.suggestion, r.rule.describe(), c.batch_size);
     Ok(())
 }
 
@@ -556,6 +701,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Freeze(a) => train_command(a, "freeze"),
         Command::TwoPhase(a) => two_phase(a),
         Command::Predict(a) => predict(a),
+        Command::LrFind(a) => lr_find(a),
         Command::Info(a) => info(a),
         Command::Peek(a) => peek(a),
         Command::ZeroShot(a) => zero_shot(a),

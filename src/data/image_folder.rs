@@ -30,7 +30,8 @@ pub struct ImageFolder {
     pub skipped: Vec<Skipped>,
 }
 
-fn has_image_extension(p: &Path) -> bool {
+/// Whether `p` ends in one of the image extensions the data loader and `predict` read.
+pub fn has_image_extension(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

@@ -1,10 +1,13 @@
-//! Pictures: training curves (plotters, PNG and SVG) and image grids (d2l's `show_images`).
+//! Pictures: training curves (plotters, PNG and SVG), image grids (d2l's `show_images`) and the
+//! lr finder's loss-vs-lr plot.
 
 pub mod curves;
 pub mod grid;
+pub mod lr_find;
 
 pub use curves::{draw_comparison, draw_curves, save_curves};
 pub use grid::{image_grid, peek_grid, save_peek};
+pub use lr_find::{draw_lr_find, save_lr_find};
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 

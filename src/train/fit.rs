@@ -9,6 +9,7 @@ use super::evaluate::evaluate;
 use super::history::{EpochRecord, History};
 use super::metrics::{correct, cross_entropy, Reduction};
 use super::optim::{Optimizer, OptimizerKind};
+use super::schedule::{Schedule, StepSchedule};
 use crate::checkpoint::RunFiles;
 use crate::data::{ImageFolder, Loader};
 use crate::models::{BnMode, Classifier, Freeze};
@@ -36,6 +37,12 @@ pub struct PhaseConfig {
     pub reduction: Reduction,
     /// Stop the phase when the test loss stops improving, and keep its best weights.
     pub early_stopping: Option<EarlyStopping>,
+    /// How the lr moves over the phase, per step (see [`super::schedule`]); default constant.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Epochs at the start of the phase that warm the lr up (per step).
+    #[serde(default)]
+    pub warmup_epochs: usize,
 }
 
 /// What stays the same across phases.
@@ -185,7 +192,7 @@ impl<'a> PhaseRun<'a> {
         } else {
             format!("epoch {}/{}", epoch, phase.epochs)
         };
-        let (loss, train_acc, n, secs) = train_epoch(model, &mut self.opt, phase, &data.train, &data.train_pipe, cfg, epoch, label)?;
+        let (loss, train_acc, n, secs, lr) = train_epoch(model, &mut self.opt, phase, &data.train, &data.train_pipe, cfg, epoch, label)?;
         let (test_loss, test_acc) = evaluate(model, &data.test, &data.test_pipe, cfg.batch_size)?;
         let rec = EpochRecord {
             epoch,
@@ -196,7 +203,7 @@ impl<'a> PhaseRun<'a> {
             examples_per_sec: n as f64 / secs.max(1e-9),
             train_seconds: secs,
             phase: phase.name.clone(),
-            lr: phase.lr,
+            lr,
         };
         println!(
             "epoch {epoch} [{}]: loss {loss:.3}, train acc {train_acc:.3}, test loss {test_loss:.3}, test acc {test_acc:.3}, {:.1} examples/sec",
@@ -252,7 +259,8 @@ fn progress_bar(run: &TrainConfig, len: usize, label: String) -> ProgressBar {
     bar
 }
 
-/// One pass over the training data; returns (mean loss, accuracy, examples, seconds).
+/// One pass over the training data; returns (mean loss, accuracy, examples, seconds, the
+/// backbone lr averaged over the epoch's steps).
 fn train_epoch(
     model: &Classifier,
     opt: &mut Optimizer,
@@ -262,7 +270,7 @@ fn train_epoch(
     run: &TrainConfig,
     epoch: usize,
     label: String,
-) -> anyhow::Result<(f64, f64, usize, f64)> {
+) -> anyhow::Result<(f64, f64, usize, f64, f64)> {
     let loader = Loader::new(train.clone(), pipeline.clone(), run.batch_size, true, run.seed, epoch as u64);
     model.seed_dropout(run.seed, epoch as u64);
     let total = loader.num_batches;
@@ -271,8 +279,12 @@ fn train_epoch(
     let text_progress = run.progress && !std::io::stderr().is_terminal();
     let started = Instant::now();
     let (mut loss_sum, mut ok, mut n, mut secs) = (0.0, 0usize, 0usize, 0.0);
+    // The optimizer counts the phase's steps (restored on resume): the lr is a pure function of it.
+    let sched = StepSchedule::new(phase.schedule, phase.warmup_epochs, phase.epochs, total);
+    let mut lr_sum = 0.0;
     for (i, batch) in loader.enumerate() {
         let b = batch?;
+        lr_sum += super::schedule::set_lrs(opt, phase.lr, phase.head_lr_mult, sched.factor(opt.steps as usize));
         // d2l times the training step only, not waiting for data.
         let t0 = Instant::now();
         let x = b.images.to_device(model.device())?;
@@ -299,7 +311,7 @@ fn train_epoch(
     if !loss_sum.is_finite() {
         anyhow::bail!("training diverged in epoch {epoch}: the loss is {loss_sum} (try a lower learning rate)");
     }
-    Ok((loss_sum / n.max(1) as f64, ok as f64 / n.max(1) as f64, n, secs))
+    Ok((loss_sum / n.max(1) as f64, ok as f64 / n.max(1) as f64, n, secs, lr_sum / total.max(1) as f64))
 }
 
 /// Deep copy (the model's tensors are updated in place).

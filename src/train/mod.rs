@@ -8,6 +8,8 @@ pub mod history;
 pub mod metrics;
 pub mod optim;
 pub mod recipes;
+pub mod lr_find;
+pub mod schedule;
 
 pub use crate::models::ParamGroup;
 pub use early_stopping::{EarlyStopping, Verdict, Watch};
@@ -16,3 +18,5 @@ pub use fit::{train, Outcome, PhaseConfig, TrainConfig};
 pub use history::{EpochRecord, History};
 pub use metrics::Reduction;
 pub use optim::{Optimizer, OptimizerKind};
+pub use lr_find::{lr_find, LrFindConfig, LrFindResult, LrPoint, SuggestionRule};
+pub use schedule::{Schedule, StepSchedule};

@@ -4,6 +4,7 @@ use super::early_stopping::EarlyStopping;
 use super::fit::PhaseConfig;
 use super::metrics::Reduction;
 use super::optim::OptimizerKind;
+use super::schedule::Schedule;
 use crate::models::{Arch, BnMode, Freeze};
 
 /// d2l 13.2 `train_fine_tuning`: SGD (no momentum), weight decay 1e-3, lr 5e-5 on the summed
@@ -19,6 +20,8 @@ pub fn d2l_finetune(epochs: usize) -> PhaseConfig {
         bn_mode: BnMode::Train,
         reduction: Reduction::Sum,
         early_stopping: None,
+        schedule: Schedule::Constant,
+        warmup_epochs: 0,
     }
 }
 
@@ -46,6 +49,8 @@ pub fn keras_two_phase(arch: Arch, head_epochs: usize, fine_epochs: usize, unfre
         bn_mode: BnMode::Frozen,
         reduction: Reduction::Mean,
         early_stopping: None,
+        schedule: Schedule::Constant,
+        warmup_epochs: 0,
     };
     let fine = PhaseConfig {
         name: "fine-tune".into(),
