@@ -9,6 +9,7 @@ use transfer_workbook::checkpoint::{default_weights, load_model, WeightsSource};
 use transfer_workbook::data::{hotdog, ImageFolder};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
 use transfer_workbook::predict::open_image;
+use transfer_workbook::train::limits;
 use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction};
 use transfer_workbook::transforms::{Normalization, Pipeline};
 use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
@@ -168,6 +169,9 @@ struct CommonArgs {
     /// Continue from OUT/checkpoint if a previous run left one.
     #[arg(long)]
     resume: bool,
+    /// Replace the outputs and checkpoint a previous run left in OUT (refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
     /// Use only the first N images of each class (quick runs).
     #[arg(long)]
     limit_per_class: Option<usize>,
@@ -326,8 +330,9 @@ fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> OptimizerKind {
 fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
     let arch = common.backbone;
     let device = parse_device(&common.device)?;
-    if common.batch_size == 0 || common.image_size < 32 {
-        bail!("--batch-size must be at least 1 and --image-size at least 32");
+    limits::batch_and_size(common.batch_size, common.image_size, true)?;
+    if let Some(n) = common.limit_per_class {
+        limits::at_least_one("--limit-per-class", n)?;
     }
     Ok(Experiment {
         title: format!("{command}: {arch}, {}px", common.image_size),
@@ -342,6 +347,7 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
         device,
         out: Some(common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command))),
         resume: common.resume,
+        overwrite: common.overwrite,
         progress: !common.quiet,
         limit_per_class: common.limit_per_class,
         cache_dir: common.cache_dir.as_ref().map(|c| c.join("hub")),
@@ -359,7 +365,29 @@ fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every numeric training flag, checked before anything is loaded.
+fn validate_train(a: &TrainArgs) -> anyhow::Result<()> {
+    limits::at_least_one("--epochs", a.epochs)?;
+    if let Some(lr) = a.lr {
+        limits::positive("--lr", lr)?;
+    }
+    if let Some(m) = a.head_lr_mult {
+        limits::positive("--head-lr-mult", m)?;
+    }
+    if let Some(m) = a.momentum {
+        limits::momentum("--momentum", m)?;
+    }
+    if let Some(wd) = a.weight_decay {
+        limits::non_negative("--weight-decay", wd)?;
+    }
+    if let Some(p) = a.patience {
+        limits::at_least_one("--patience", p)?;
+    }
+    Ok(())
+}
+
 fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
+    validate_train(&a)?;
     let arch = a.common.backbone;
     let (base, init) = match command {
         "scratch" => (recipes::d2l_scratch(a.epochs), ModelInit::Scratch),
@@ -391,6 +419,10 @@ fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
 }
 
 fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
+    limits::at_least_one("--head-epochs + --fine-epochs", a.head_epochs.saturating_add(a.fine_epochs))?;
+    limits::positive("--head-lr", a.head_lr)?;
+    limits::positive("--fine-lr", a.fine_lr)?;
+    limits::at_least_one("--patience", a.patience)?;
     let arch = a.common.backbone;
     let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
     phases[0].lr = a.head_lr;
@@ -405,6 +437,8 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
 /// or pretrained weights with their ImageNet head.
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
+    limits::batch_and_size(1, a.image_size, false)?;
+    limits::at_least_one("--top-k", a.top_k)?;
     let source = match (&a.weights, a.backbone) {
         (Some(w), _) => WeightsSource::parse(w),
         (None, Some(arch)) => default_weights(arch),
@@ -444,6 +478,7 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let arch = a.backbone;
     let device = parse_device(&a.device)?;
+    limits::batch_and_size(a.batch_size, a.image_size, false)?;
     let model = load_model(&weights_source(arch, &a.weights), Some(arch), &device, a.cache_dir.as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");
@@ -474,6 +509,7 @@ fn append_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow:
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
+    limits::batch_and_size(a.batch_size, a.image_size, true)?;
     transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
     // `--steps 0`: only the epoch on real photos (with --data).

@@ -2,13 +2,18 @@
 //! where pretrained weights come from (hub, local file), whole models, and the checkpoint a
 //! training run leaves after each epoch.
 
+pub mod atomic;
 pub mod legacy_pth;
+pub mod lock;
 pub mod model;
+pub mod out_folder;
 pub mod source;
 pub mod training;
 pub mod weights;
+pub mod zip_pth;
 
 pub use model::{load_model, load_pretrained, read_named, save_model};
 pub use source::{default_weights, WeightsSource};
+pub use lock::RunLock;
 pub use training::RunFiles;
 pub use weights::{read_safetensors_metadata, read_tensors, save_safetensors};
