@@ -2,7 +2,7 @@
 //! This is what the CLI's training commands and the notebooks call.
 
 use crate::checkpoint::{card::now_rfc3339, load_pretrained, save_model_with_card, ModelCard, RunFiles, WeightsSource};
-use crate::data::image_folder::load_train_test;
+use crate::data::image_folder::load_train_test_limited;
 use crate::data::ImageFolder;
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
 use crate::train::{train, History, PhaseConfig, TrainConfig};
@@ -43,6 +43,8 @@ pub struct Experiment {
     /// Output folder: history.json, curves.png/svg, model.safetensors, checkpoint/.
     pub out: Option<PathBuf>,
     pub resume: bool,
+    /// Replace the outputs of a finished or interrupted run in `out` (else refused).
+    pub overwrite: bool,
     pub progress: bool,
     /// Use only the first N images of each class (quick runs).
     pub limit_per_class: Option<usize>,
@@ -59,18 +61,23 @@ pub struct ExperimentResult {
     pub test_data: Arc<ImageFolder>,
 }
 
-/// Load a `DIR/{train,test}` dataset, optionally keeping the first `limit` images per class.
+/// Load a `DIR/{train,test}` dataset, optionally keeping the first `limit` files per class
+/// (chosen before decoding).
 pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
-    let (mut train, mut test) = load_train_test(dir)?;
+    let (train, test) = load_train_test_limited(dir, limit)?;
     for ds in [&train, &test] {
         eprintln!("{}", ds.summary());
         for s in &ds.skipped {
             eprintln!("  skipped {}: {}", crate::paths::shown(&s.path), s.reason);
         }
     }
-    if let Some(n) = limit {
-        train = train.take_per_class(n);
-        test = test.take_per_class(n);
+    if train.classes.len() < 2 {
+        anyhow::bail!(
+            "{} has {} class folder ({:?}): a classifier needs at least 2 (it would score 100% by answering the one class)",
+            dir.join("train").display(),
+            train.classes.len(),
+            train.classes
+        );
     }
     Ok((Arc::new(train), Arc::new(test)))
 }
@@ -90,6 +97,13 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
     let init = match &exp.init {
         ModelInit::Pretrained(src) => ModelInit::Pretrained(WeightsSource::File(src.resolve(exp.cache_dir.as_deref())?)),
         ModelInit::Scratch => ModelInit::Scratch,
+    };
+    // A missing data folder is reported before the output folder is touched.
+    crate::data::image_folder::class_folders(&exp.data.join("train")).with_context(|| format!("loading the training split of {}", exp.data.display()))?;
+    // Lock the output folder, and refuse to replace a run's results unasked.
+    let _lock = match &exp.out {
+        Some(out) => Some(crate::checkpoint::out_folder::prepare(out, exp.resume, exp.overwrite)?),
+        None => None,
     };
     let (train_data, test_data) = load_data(&exp.data, exp.limit_per_class)?;
     let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
@@ -113,9 +127,15 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
     let out = exp.out.clone();
+    let mut first_epoch = true;
     let title = exp.title.clone();
     let mut on_epoch = |_: &crate::train::EpochRecord, h: &History| {
         if let Some(o) = &out {
+            // A resumed run's old final model no longer matches the new history; the
+            // checkpoint holds the current weights until the run writes its own.
+            if std::mem::take(&mut first_epoch) {
+                let _ = std::fs::remove_file(o.join("model.safetensors"));
+            }
             // Rewritten each epoch so a long run can be watched while it trains.
             let _ = h.save_json(&o.join("history.json"));
             let _ = crate::plot::save_curves(h, &title, &o.join("curves.png"), &o.join("curves.svg"));
@@ -133,6 +153,7 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
             test_accuracy: kept.map(|r| r.test_acc),
             ..Default::default()
         };
+        crate::checkpoint::atomic::fault_point("history");
         save_model_with_card(&outcome.model, &card, &o.join("model.safetensors"))?;
     }
     Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, test_data })

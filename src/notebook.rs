@@ -90,6 +90,8 @@ impl Setting {
             device: device()?,
             out: Some(self.run_dir(name)),
             resume: false,
+            // Re-executing a notebook retrains into the same folder.
+            overwrite: true,
             progress: true,
             limit_per_class: self.limit_per_class(),
             cache_dir: None,

@@ -78,7 +78,7 @@ pub fn predict(model: &Classifier, img: &RgbImage, image_size: u32, top_k: usize
 
 /// Open an image file for [`predict`], naming the file on failure.
 pub fn open_image(path: &Path) -> anyhow::Result<RgbImage> {
-    Ok(image::open(path).with_context(|| format!("cannot read image {}", path.display()))?.to_rgb8())
+    crate::data::decode_image(path).with_context(|| format!("cannot read image {}", path.display()))
 }
 
 /// The prediction for one image file.

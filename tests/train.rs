@@ -185,7 +185,7 @@ fn two_phase_recipe_marks_phases_and_restores_the_best_epoch() {
     let best_loss = h.records.iter().find(|r| r.epoch == best).unwrap().test_loss;
     assert!(h.records.iter().filter(|r| r.phase == "fine-tune").all(|r| r.test_loss >= best_loss));
     // The model now holds the best epoch's weights.
-    let saved = transfer_workbook::checkpoint::read_tensors(&out.path().join("best.safetensors")).unwrap();
+    let saved = transfer_workbook::checkpoint::RunFiles { dir: out.path().into() }.load_best().unwrap().expect("the checkpoint keeps the best weights");
     for (k, t) in o.model.state() {
         let d = (t - &saved[&k]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{k}");

@@ -9,6 +9,7 @@ use transfer_workbook::checkpoint::{default_weights, load_model, load_model_with
 use transfer_workbook::data::{hotdog, ImageFolder};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
 use transfer_workbook::predict::report::Format;
+use transfer_workbook::train::limits;
 use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction, Schedule};
 use transfer_workbook::transforms::{Normalization, Pipeline};
 use transfer_workbook::{device_label, fine_tune, parse_device, Augment, Experiment, ModelInit};
@@ -183,6 +184,9 @@ struct CommonArgs {
     /// Continue from OUT/checkpoint if a previous run left one.
     #[arg(long)]
     resume: bool,
+    /// Replace the outputs and checkpoint a previous run left in OUT (refused otherwise).
+    #[arg(long)]
+    overwrite: bool,
     /// Use only the first N images of each class (quick runs).
     #[arg(long)]
     limit_per_class: Option<usize>,
@@ -415,8 +419,9 @@ fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> OptimizerKind {
 fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
     let arch = common.backbone;
     let device = parse_device(&common.device)?;
-    if common.batch_size == 0 || common.image_size < 32 {
-        bail!("--batch-size must be at least 1 and --image-size at least 32");
+    limits::batch_and_size(common.batch_size, common.image_size, true)?;
+    if let Some(n) = common.limit_per_class {
+        limits::at_least_one("--limit-per-class", n)?;
     }
     Ok(Experiment {
         title: format!("{command}: {arch}, {}px", common.image_size),
@@ -431,6 +436,7 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
         device,
         out: Some(common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(command))),
         resume: common.resume,
+        overwrite: common.overwrite,
         progress: !common.quiet,
         limit_per_class: common.limit_per_class,
         cache_dir: hub_cache(&common.cache_dir),
@@ -448,7 +454,29 @@ fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every numeric training flag, checked before anything is loaded.
+fn validate_train(a: &TrainArgs) -> anyhow::Result<()> {
+    limits::at_least_one("--epochs", a.epochs)?;
+    if let Some(lr) = a.lr {
+        limits::positive("--lr", lr)?;
+    }
+    if let Some(m) = a.head_lr_mult {
+        limits::positive("--head-lr-mult", m)?;
+    }
+    if let Some(m) = a.momentum {
+        limits::momentum("--momentum", m)?;
+    }
+    if let Some(wd) = a.weight_decay {
+        limits::non_negative("--weight-decay", wd)?;
+    }
+    if let Some(p) = a.patience {
+        limits::at_least_one("--patience", p)?;
+    }
+    Ok(())
+}
+
 fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
+    validate_train(&a)?;
     let arch = a.common.backbone;
     let (base, init) = match command {
         "scratch" => (recipes::d2l_scratch(a.epochs), ModelInit::Scratch),
@@ -482,6 +510,10 @@ fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
 }
 
 fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
+    limits::at_least_one("--head-epochs + --fine-epochs", a.head_epochs.saturating_add(a.fine_epochs))?;
+    limits::positive("--head-lr", a.head_lr)?;
+    limits::positive("--fine-lr", a.fine_lr)?;
+    limits::at_least_one("--patience", a.patience)?;
     let arch = a.common.backbone;
     let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
     phases[0].lr = a.head_lr;
@@ -499,10 +531,10 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
 /// normalization in its metadata), or pretrained weights with their ImageNet head.
 fn predict(a: PredictArgs) -> anyhow::Result<()> {
     use transfer_workbook::predict::{inputs::expand_inputs, predict_files, report::write_records, Preprocess};
-    if a.batch_size == 0 || a.top_k == 0 || a.image_size.is_some_and(|s| s < 32) {
-        bail!("--batch-size and --top-k must be at least 1 and --image-size at least 32");
-    }
     let device = parse_device(&a.device)?;
+    // The card's size (known only once the model is read) is checked below, --image-size here.
+    limits::batch_and_size(a.batch_size, a.image_size.unwrap_or(224), false)?;
+    limits::at_least_one("--top-k", a.top_k)?;
     let source = match (&a.weights, a.backbone) {
         (Some(w), _) => WeightsSource::parse(w),
         (None, Some(arch)) => default_weights(arch),
@@ -512,6 +544,7 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let paths = expand_inputs(&a.images)?;
     let mut pre = Preprocess::from_card(&model, &card);
     pre.image_size = a.image_size.unwrap_or(pre.image_size);
+    limits::batch_and_size(a.batch_size, pre.image_size, false)?;
     let said = if card.image_size.is_some() { "from the model file" } else { "defaults" };
     eprintln!("{} images; {} px, normalization {:?} ({said}, --image-size overrides)", paths.len(), pre.image_size, pre.normalization);
     let out = predict_files(&model, &paths, &pre, a.top_k, a.batch_size)?;
@@ -608,6 +641,7 @@ fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let arch = a.backbone;
     let device = parse_device(&a.device)?;
+    limits::batch_and_size(a.batch_size, a.image_size, false)?;
     let model = load_model(&weights_source(arch, &a.weights), Some(arch), &device, hub_cache(&a.cache_dir).as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");
@@ -638,6 +672,7 @@ fn append_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow:
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
+    limits::batch_and_size(a.batch_size, a.image_size, true)?;
     transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
     // `--steps 0`: only the epoch on real photos (with --data).

@@ -23,27 +23,16 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<HashMap<String, Tensor>> {
             .collect()
     } else if &magic == b"PK" {
         // Zip checkpoints: a bare state dict, or one nested under `state_dict` / `model`.
-        let mut found = Vec::new();
-        for key in [None, Some("state_dict"), Some("model")] {
-            if let Ok(t) = candle_core::pickle::read_all_with_key(path, key) {
-                if !t.is_empty() {
-                    found = t;
-                    break;
-                }
-            }
-        }
-        if found.is_empty() {
-            bail!("{}: no tensors found in this PyTorch zip checkpoint", path.display());
-        }
-        found
+        super::zip_pth::read_zip_pth(path)?
     } else if super::legacy_pth::is_legacy_pth(path) {
-        super::legacy_pth::read_legacy_pth(path)?
+        super::legacy_pth::read_legacy_pth(path).with_context(|| format!("reading {}", path.display()))?
     } else {
         bail!(
             "{}: not a weights file this workbook reads (.safetensors, or a PyTorch .pth/.pt checkpoint)",
             path.display()
         );
     };
+    super::zip_pth::check_weights(path, &tensors)?;
     let mut map = HashMap::new();
     for (k, t) in tensors {
         // DataParallel checkpoints prefix every name with `module.`.
@@ -64,12 +53,10 @@ pub fn save_safetensors(tensors: &HashMap<String, Tensor>, metadata: HashMap<Str
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), &tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    // Rename last so that an interrupted save never leaves a half-written checkpoint.
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let bytes = safetensors::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
+        .with_context(|| format!("serialising {}", path.display()))?;
+    // Temp + fsync + rename: an interrupted save never leaves a half-written file.
+    super::atomic::write_atomic(path, &bytes)
 }
 
 /// The string metadata of a safetensors file (empty when it has none).

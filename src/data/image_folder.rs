@@ -69,6 +69,13 @@ impl ImageFolder {
 
     /// Load with a given class list (a test split must use the training split's classes).
     pub fn load_classes(root: impl AsRef<Path>, classes: &[String]) -> anyhow::Result<Self> {
+        Self::load_limited(root, classes, None)
+    }
+
+    /// [`ImageFolder::load_classes`] keeping only the first `limit` files of each class (file
+    /// order), chosen before anything is decoded: a quick run on a large folder reads only
+    /// what it uses.
+    pub fn load_limited(root: impl AsRef<Path>, classes: &[String], limit: Option<usize>) -> anyhow::Result<Self> {
         let root = root.as_ref().to_path_buf();
         let found = class_folders(&root)?;
         if found != classes {
@@ -86,6 +93,9 @@ impl ImageFolder {
             entries.sort();
             let before = files.len();
             for p in entries {
+                if limit.is_some_and(|n| files.len() - before >= n) {
+                    break;
+                }
                 if has_image_extension(&p) {
                     files.push((p, label as u32));
                 } else {
@@ -102,7 +112,8 @@ impl ImageFolder {
         let decoded: Vec<Result<RgbImage, String>> = files
             .par_iter()
             .map(|(p, _)| {
-                let r = image::open(p).map(|i| i.to_rgb8()).map_err(|e| e.to_string());
+                // Truncated JPEGs are refused here (the decoder alone would return grey).
+                let r = super::decode::decode_image(p).map_err(|e| format!("{e:#}"));
                 bar.inc(1);
                 r
             })
@@ -211,8 +222,14 @@ impl ImageFolder {
 
 /// `DIR/train` and `DIR/test` of a d2l-style dataset, with the same classes.
 pub fn load_train_test(dir: &Path) -> anyhow::Result<(ImageFolder, ImageFolder)> {
-    let train = ImageFolder::load(dir.join("train")).with_context(|| format!("loading the training split of {}", dir.display()))?;
-    let test = ImageFolder::load_classes(dir.join("test"), &train.classes)
+    load_train_test_limited(dir, None)
+}
+
+/// [`load_train_test`] with at most `limit` files per class, selected before decoding.
+pub fn load_train_test_limited(dir: &Path, limit: Option<usize>) -> anyhow::Result<(ImageFolder, ImageFolder)> {
+    let train_dir = dir.join("train");
+    let train = ImageFolder::load_limited(&train_dir, &class_folders(&train_dir)?, limit).with_context(|| format!("loading the training split of {}", dir.display()))?;
+    let test = ImageFolder::load_limited(dir.join("test"), &train.classes, limit)
         .with_context(|| format!("loading the test split of {}", dir.display()))?;
     Ok((train, test))
 }

@@ -160,9 +160,8 @@ impl<'a> PhaseRun<'a> {
         let mut best = None;
         if let (true, Some(f)) = (continuing, files) {
             if state.optimizer_phase == Some(index) {
-                if let Some(t) = f.load_optimizer()? {
-                    opt.load_state(t, state.optimizer_steps)?;
-                }
+                // SGD without momentum saves no state, only its step count.
+                opt.load_state(f.load_optimizer()?.unwrap_or_default(), state.optimizer_steps)?;
             }
         }
         if continuing && phase.early_stopping.is_some() {
@@ -220,11 +219,7 @@ impl<'a> PhaseRun<'a> {
         };
         match verdict {
             Verdict::Improved => {
-                let snap = snapshot(model)?;
-                if let Some(f) = self.files {
-                    f.save_best(&snap)?;
-                }
-                self.best = Some(snap);
+                self.best = Some(snapshot(model)?);
             }
             Verdict::Stop => {
                 println!("early stopping: no test-loss improvement for {} epochs", phase.early_stopping.as_ref().map_or(0, |e| e.patience));
@@ -239,7 +234,7 @@ impl<'a> PhaseRun<'a> {
             println!("restored the best weights (epoch {})", state.watch.best_epoch.unwrap_or(0));
         }
         if let Some(f) = self.files {
-            f.save(model, Some(self.opt.state()), &*state)?;
+            f.save(model, Some(self.opt.state()), self.best.as_ref(), &*state)?;
         }
         on_epoch(&rec, &state.history);
         Ok(verdict)

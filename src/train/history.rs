@@ -61,7 +61,8 @@ impl History {
     /// `history.json`: an array of epoch objects.
     pub fn save_json(&self, path: &Path) -> anyhow::Result<()> {
         let s = serde_json::to_string_pretty(&self.records)?;
-        std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+        // Temp + fsync + rename: a kill never leaves half a history.
+        crate::checkpoint::atomic::write_atomic(path, s.as_bytes())
     }
 
     pub fn load_json(path: &Path) -> anyhow::Result<Self> {

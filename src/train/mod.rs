@@ -5,6 +5,7 @@ pub mod early_stopping;
 pub mod evaluate;
 pub mod fit;
 pub mod history;
+pub mod limits;
 pub mod metrics;
 pub mod optim;
 pub mod recipes;
