@@ -357,14 +357,14 @@ fn cli_serve_answers_then_sigterm_finishes_the_request_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model_file(dir.path());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
-        .args(["serve", "--weights", path.to_str().unwrap(), "--addr", "127.0.0.1:0", "--batch-wait-ms", "2000", "--token", "tok"])
+        .args(["serve", "--weights", path.to_str().unwrap(), "--addr", "127.0.0.1:0", "--batching", "on", "--batch-wait-ms", "2000", "--token", "tok"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let line = stderr.by_ref().map(|l| l.unwrap()).find(|l| l.starts_with("serving")).expect("no 'serving' line");
     let base = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
-    assert!(line.contains("model.safetensors"), "{line}");
+    assert!(line.contains("model.safetensors") && line.contains("dynamic batching up to 16"), "{line}");
     let jpeg = sample_jpeg();
     let url = format!("{base}/predict");
     std::thread::scope(|s| {

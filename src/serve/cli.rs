@@ -6,6 +6,14 @@ use crate::models::Arch;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// `--batching`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Batching {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// The model to serve: a run's model.safetensors (its metadata gives the classes, image
@@ -36,9 +44,11 @@ pub struct ServeArgs {
     /// How long a batch's first request waits for others (ms).
     #[arg(long, default_value_t = 5)]
     pub batch_wait_ms: u64,
-    /// One request per forward pass (the baseline dynamic batching is compared with).
-    #[arg(long)]
-    pub no_dynamic_batching: bool,
+    /// Dynamic batching: group waiting requests into one forward pass. `auto`: on for a GPU,
+    /// off on the CPU, where it bought no throughput and cost p99 latency and memory
+    /// (EfficientNet-Lite0, 2 cores: 14.4 vs 17.6 req/s, p99 3.3 vs 1.1 s, 1.9 vs 0.5 GB).
+    #[arg(long, value_enum, default_value_t = Batching::Auto)]
+    pub batching: Batching,
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
     #[arg(long, default_value = "cpu")]
@@ -48,7 +58,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> ServeConfig {
+    /// The server's configuration; `gpu` decides `--batching auto`.
+    pub fn config(&self, gpu: bool) -> ServeConfig {
         let path = PathBuf::from(&self.weights);
         // "quick-freeze/model.safetensors" tells runs apart better than "model.safetensors".
         let model_name = match (path.parent().and_then(|p| p.file_name()), path.file_name()) {
@@ -62,7 +73,11 @@ impl ServeArgs {
             max_batch: self.max_batch,
             queue_depth: self.queue_depth,
             batch_wait_ms: self.batch_wait_ms,
-            dynamic_batching: !self.no_dynamic_batching,
+            dynamic_batching: match self.batching {
+                Batching::On => true,
+                Batching::Off => false,
+                Batching::Auto => gpu,
+            },
             top_k: self.top_k,
             decode_limits: DecodeLimits { max_side: self.max_image_side, ..DecodeLimits::default() },
             model_name,
@@ -75,6 +90,7 @@ impl ServeArgs {
         let device = crate::device::parse_device(&self.device)?;
         let source = WeightsSource::parse(&self.weights);
         let (model, card) = load_model_with_card(&source, self.backbone, &device, self.cache_dir.as_deref())?;
-        super::run(model, &card, self.config())
+        let config = self.config(!device.is_cpu());
+        super::run(model, &card, config)
     }
 }

@@ -143,7 +143,11 @@ pub fn run(model: Classifier, card: &ModelCard, config: ServeConfig) -> anyhow::
         Some(_) => format!("{url}/?token=<token>"),
         None => format!("{url}/"),
     };
-    eprintln!("serving {} on {url} (open {link}; POST /predict, GET /model, GET /health; Ctrl-C stops)", config.model_name);
+    let batching = match config.dynamic_batching {
+        true => format!("dynamic batching up to {} waiting {} ms", config.max_batch, config.batch_wait_ms),
+        false => "one request per forward pass".to_string(),
+    };
+    eprintln!("serving {} on {url} ({batching}; open {link}; POST /predict, GET /model, GET /health; Ctrl-C stops)", config.model_name);
     if config.addr.ip().is_unspecified() {
         eprintln!("from a phone on the same network: http://<this machine's LAN address>:{}/?token=<token>", server.addr.port());
     }
