@@ -188,6 +188,8 @@ fn start(model: Classifier, card: &ModelCard, config: ServeConfig, signals: bool
         decode_limits: config.decode_limits,
         default_top_k: config.top_k,
         started: Instant::now(),
+        admission: tokio::sync::Semaphore::new(config.queue_depth.max(1)),
+        decoders: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads.max(1))

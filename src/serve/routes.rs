@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 use std::time::{Duration, Instant};
 
 const PAGE: &str = include_str!("page.html");
@@ -45,6 +46,11 @@ pub struct AppState {
     pub decode_limits: DecodeLimits,
     pub default_top_k: usize,
     pub started: Instant,
+    /// `/predict` requests at once (the queue depth): one more is 503 before its body is read,
+    /// so uploads held in memory stay under `queue_depth x max_bytes`.
+    pub admission: Semaphore,
+    /// Concurrent decodes (the CPU count): a decoded photo may take up to `max_alloc`.
+    pub decoders: Semaphore,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -110,6 +116,11 @@ pub struct PredictResponse {
 async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<PredictResponse>, ApiError> {
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
+    let Ok(_admitted) = s.admission.try_acquire() else {
+        s.batcher.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        drain(body).await;
+        return Err(busy(s.batcher.config.capacity));
+    };
     let (top_k, multipart) = match check_request(&s, &parts) {
         Ok(c) => c,
         Err(e) => {
@@ -125,6 +136,7 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<Pr
     let limits = s.decode_limits;
     let (size, norm) = (s.info.image_size, s.info.normalization);
     // Decoding and resizing are CPU work: on the blocking pool, never on the async threads.
+    let decoding = s.decoders.acquire().await.map_err(|_| ApiError::internal("the server is stopping"))?;
     let (input, width, height) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let img = decode_upload(&bytes, limits)?;
         let input = preprocess(&img, size, norm).map_err(|e| ApiError::bad_request(format!("cannot preprocess the image: {e:#}")))?;
@@ -132,10 +144,9 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<Pr
     })
     .await
     .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))??;
+    drop(decoding);
     let rx = s.batcher.submit(input, top_k).map_err(|e| match e {
-        SubmitError::Full { capacity } => {
-            ApiError::busy(format!("server busy: {capacity} requests already queued or running; retry shortly"), 1)
-        }
+        SubmitError::Full { capacity } => busy(capacity),
         SubmitError::Stopped => ApiError::busy("server shutting down", 5),
     })?;
     let done = rx
@@ -155,6 +166,10 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<Pr
         width,
         height,
     }))
+}
+
+fn busy(capacity: usize) -> ApiError {
+    ApiError::busy(format!("server busy: {capacity} requests already queued or running; retry shortly"), 1)
 }
 
 /// The token, from `Authorization: Bearer T` or `?token=T` (a phone opening a link).
