@@ -11,7 +11,7 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ("data", &["transforms", "paths"]),
     ("ops", &[]),
     ("models", &["ops", "transforms", "imagenet"]),
-    ("checkpoint", &["models", "paths", "imagenet"]),
+    ("checkpoint", &["models", "transforms", "paths", "imagenet"]),
     ("train", &["checkpoint", "models", "data", "transforms"]),
     ("plot", &["train", "data", "transforms"]),
 ];
