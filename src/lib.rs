@@ -14,7 +14,8 @@
 //! - [`train`]: optimizers with per-store learning rates, evaluation, the epoch loop, recipes;
 //! - [`plot`]: training curves and image grids;
 //! - [`experiment`] / [`fine_tune`]: the whole d2l experiment in one call; [`predict`],
-//!   [`zero_shot`], [`bench`] and [`notebook`] on top.
+//!   [`zero_shot`], [`bench`] and [`notebook`] on top;
+//! - [`serve`]: a saved model behind HTTP (`finetune serve`), on top of [`predict`].
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -51,6 +52,8 @@ pub mod ops;
 pub mod paths;
 pub mod plot;
 pub mod predict;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod train;
 pub mod transforms;
 pub mod zero_shot;

@@ -402,7 +402,8 @@ fn hf_hub_offline_uses_the_cache_only_and_says_so_without_it() {
     let d = data.path().to_str().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let offline = [("HF_ENDPOINT", server.hub_url()), ("HF_HUB_OFFLINE", "1".to_string())];
-    let run = |env: &[(&str, String)]| finetune(cache.path(), &args(&["finetune", "--data", d, "--cache-dir", "c"]), env);
+    // --overwrite: the offline run trains into the folder the online run filled.
+    let run = |env: &[(&str, String)]| finetune(cache.path(), &args(&["finetune", "--data", d, "--cache-dir", "c", "--overwrite"]), env);
 
     let o = run(&offline);
     row("HF_HUB_OFFLINE=1, empty cache", &o, &cache.path().join("c"), &server);

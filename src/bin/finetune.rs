@@ -58,6 +58,9 @@ enum Command {
     Bench(BenchArgs),
     /// Download and unpack the d2l hot-dog data set (SHA-1 checked; $WORKBOOK_HOTDOG_URL overrides the URL).
     Download(DownloadArgs),
+    /// Serve a saved model over HTTP: a SeeFood page at /, POST /predict, GET /model, GET /health.
+    #[cfg(feature = "serve")]
+    Serve(transfer_workbook::serve::cli::ServeArgs),
 }
 
 /// `--optimizer`: the update rule (the recipe's momentum and weight decay unless given).
@@ -741,6 +744,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peek(a) => peek(a),
         Command::ZeroShot(a) => zero_shot(a),
         Command::Bench(a) => bench(a),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => a.run(),
         Command::Download(a) => {
             let dir = hotdog(&a.cache_dir.unwrap_or_else(default_cache).join("data"))?;
             println!("{}", dir.display());

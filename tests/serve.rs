@@ -1,0 +1,381 @@
+//! `finetune serve` against a real HTTP client on 127.0.0.1: every route, every bad input,
+//! dynamic batching, back-pressure, a bounded load and a graceful stop. A tiny ResNet-18
+//! (2 classes, 32 px) saved with its model card keeps each test to seconds.
+
+use candle_core::Device;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use transfer_workbook::checkpoint::{load_model_with_card, save_model_with_card, ModelCard, WeightsSource};
+use transfer_workbook::models::{Arch, Classifier, ModelOptions};
+use transfer_workbook::serve::{spawn, RunningServer, ServeConfig};
+use transfer_workbook::transforms::Normalization;
+
+const CLASSES: [&str; 2] = ["hotdog", "not-hotdog"];
+
+/// A scratch 2-class ResNet-18 saved as a run would save it (image size 32 in its card).
+fn tiny_model_file(dir: &Path) -> PathBuf {
+    let opts = ModelOptions { seed: 7, ..ModelOptions::new(Arch::ResNet18, CLASSES.iter().map(|s| s.to_string()).collect()) };
+    let model = Classifier::scratch(&opts, &Device::Cpu).unwrap();
+    let card = ModelCard {
+        image_size: Some(32),
+        normalization: Some(Normalization::imagenet()),
+        trained_at: Some("2026-01-02T03:04:05Z".into()),
+        test_accuracy: Some(0.5),
+        ..ModelCard::default()
+    };
+    let path = dir.join("model.safetensors");
+    save_model_with_card(&model, &card, &path).unwrap();
+    path
+}
+
+fn load(path: &Path) -> (Classifier, ModelCard) {
+    load_model_with_card(&WeightsSource::File(path.to_path_buf()), None, &Device::Cpu, None).unwrap()
+}
+
+fn start(path: &Path, config: ServeConfig) -> RunningServer {
+    let (model, card) = load(path);
+    spawn(model, &card, ServeConfig { addr: "127.0.0.1:0".parse().unwrap(), model_name: "tiny".into(), ..config }).unwrap()
+}
+
+/// A real hot-dog photo when the data set is there, else a generated JPEG.
+fn sample_jpeg() -> Vec<u8> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hotdog-seefood/test/hot_dog");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "jpg")).collect();
+        files.sort();
+        if let Some(f) = files.first() {
+            return std::fs::read(f).unwrap();
+        }
+    }
+    let img = image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+/// A valid PNG header declaring `side x side` px, with no pixel data (a few dozen bytes).
+fn png_bomb(side: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc_input = kind.to_vec();
+        crc_input.extend(data);
+        out.extend(&crc_input);
+        out.extend(crc32(&crc_input).to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    // One zlib stream of a few bytes that would inflate to 2.7 GB: never reached.
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+struct Reply {
+    status: u16,
+    json: serde_json::Value,
+    retry_after: Option<String>,
+}
+
+fn reply(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let retry_after = resp.header("retry-after").map(str::to_string);
+    let mut text = String::new();
+    resp.into_reader().read_to_string(&mut text).unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {status}: body is not JSON ({e}): {text}"));
+    Reply { status, json, retry_after }
+}
+
+fn post(url: &str, content_type: Option<&str>, token: Option<&str>, body: &[u8]) -> Reply {
+    let mut req = ureq::post(url).timeout(Duration::from_secs(60));
+    if let Some(c) = content_type {
+        req = req.set("Content-Type", c);
+    }
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    reply(req.send_bytes(body))
+}
+
+/// A body of no declared length (`Transfer-Encoding: chunked`).
+fn chunked(url: &str, token: &str, body: &[u8]) -> Reply {
+    let req = ureq::post(url).timeout(Duration::from_secs(60)).set("Content-Type", "image/jpeg").set("Authorization", &format!("Bearer {token}"));
+    reply(req.send(std::io::Cursor::new(body.to_vec())))
+}
+
+fn get(url: &str) -> Reply {
+    reply(ureq::get(url).timeout(Duration::from_secs(30)).call())
+}
+
+fn multipart(field: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "----seefood-test-boundary";
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"photo.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").into_bytes();
+    body.extend(bytes);
+    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Poll `/health` until `pending` requests are admitted (or fail after 30 s).
+fn wait_pending(url: &str, pending: u64) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if get(&format!("{url}/health")).json["pending"].as_u64() == Some(pending) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the server never had {pending} requests pending");
+}
+
+#[test]
+fn every_route_answers_and_predictions_match_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    let server = start(&path, ServeConfig::default());
+    let url = server.url();
+
+    let page = ureq::get(&format!("{url}/")).call().unwrap();
+    assert_eq!(page.content_type(), "text/html");
+    let html = page.into_string().unwrap();
+    assert!(html.contains("SeeFood") && html.contains("capture=\"environment\"") && html.contains("/predict"));
+    // Self-contained: nothing loaded from another host (the server may have no internet).
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"), "the page loads something from outside");
+
+    let health = get(&format!("{url}/health"));
+    assert_eq!((health.status, health.json["status"].as_str()), (200, Some("ok")));
+
+    let m = get(&format!("{url}/model"));
+    assert_eq!(m.status, 200);
+    assert_eq!(m.json["backbone"], "resnet18");
+    assert_eq!(m.json["classes"], serde_json::json!(CLASSES));
+    assert_eq!(m.json["image_size"], 32);
+    assert_eq!(m.json["trained_at"], "2026-01-02T03:04:05Z");
+    assert_eq!(m.json["test_accuracy"], 0.5);
+
+    // The served answer equals the library's single-image predict on the same photo.
+    let jpeg = sample_jpeg();
+    let (reference_model, _) = load(&path);
+    let img = image::load_from_memory(&jpeg).unwrap().to_rgb8();
+    let expected = transfer_workbook::predict::predict(&reference_model, &img, 32, 2).unwrap();
+    let p = post(&format!("{url}/predict"), Some("image/jpeg"), None, &jpeg);
+    assert_eq!(p.status, 200, "{}", p.json);
+    assert_eq!(p.json["class"], expected[0].class.as_str());
+    assert!((p.json["probability"].as_f64().unwrap() - expected[0].probability as f64).abs() < 1e-5, "{} vs {:?}", p.json, expected);
+    assert_eq!(p.json["top_k"].as_array().unwrap().len(), 2);
+    let sum: f64 = p.json["top_k"].as_array().unwrap().iter().map(|t| t["probability"].as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+    assert_eq!(p.json["model"], "tiny");
+    assert!(p.json["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!((p.json["width"].as_u64(), p.json["height"].as_u64()), (Some(img.width() as u64), Some(img.height() as u64)));
+
+    // Multipart (a browser form), no content type (curl --data-binary), and ?top_k.
+    let (ctype, body) = multipart("file", &jpeg);
+    let mp = post(&format!("{url}/predict?top_k=1"), Some(&ctype), None, &body);
+    assert_eq!(mp.status, 200, "{}", mp.json);
+    assert_eq!((mp.json["class"].clone(), mp.json["top_k"].as_array().unwrap().len()), (p.json["class"].clone(), 1));
+    let raw = post(&format!("{url}/predict"), None, None, &jpeg);
+    assert_eq!((raw.status, raw.json["probability"].clone()), (200, p.json["probability"].clone()));
+
+    let nf = get(&format!("{url}/nope"));
+    assert_eq!(nf.status, 404);
+    assert!(nf.json["error"].as_str().unwrap().contains("/nope"));
+    server.stop().unwrap();
+}
+
+#[test]
+fn bad_input_gets_the_right_status_and_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    let token = "s3cret";
+    let server = start(&path, ServeConfig { token: Some(token.into()), max_bytes: 1 << 20, ..ServeConfig::default() });
+    let url = format!("{}/predict", server.url());
+    let jpeg = sample_jpeg();
+    let truncated = &jpeg[..jpeg.len() * 6 / 10];
+    let (no_file_type, no_file_body) = multipart("photo", &jpeg);
+    let big = vec![0xFFu8; (1 << 20) + 1];
+    let cases: Vec<(&str, Reply, u16, &str)> = vec![
+        ("no token", post(&url, Some("image/jpeg"), None, &jpeg), 401, "missing token"),
+        ("wrong token", post(&url, Some("image/jpeg"), Some("guess"), &jpeg), 401, "wrong token"),
+        ("empty body", post(&url, Some("image/jpeg"), Some(token), b""), 400, "empty body"),
+        ("not an image (text)", post(&url, Some("image/jpeg"), Some(token), b"this is not a photo of a hot dog"), 400, "not an image"),
+        ("truncated JPEG (first 60%)", post(&url, Some("image/jpeg"), Some(token), truncated), 400, "truncated JPEG"),
+        ("PNG declaring 30,000 x 30,000 px", post(&url, Some("image/png"), Some(token), &png_bomb(30_000)), 413, "decompression-bomb"),
+        ("body over --max-bytes (1 MiB + 1)", post(&url, Some("image/jpeg"), Some(token), &big), 413, "over the limit"),
+        ("chunked body over --max-bytes (no length)", chunked(&url, token, &big), 413, "over the limit"),
+        ("wrong content type (text/plain)", post(&url, Some("text/plain"), Some(token), &jpeg), 415, "text/plain"),
+        ("form-urlencoded (curl -d)", post(&url, Some("application/x-www-form-urlencoded"), Some(token), &jpeg), 415, "not accepted"),
+        ("multipart without a 'file' field", post(&url, Some(&no_file_type), Some(token), &no_file_body), 400, "'file'"),
+    ];
+    println!("| input | status | message |\n|---|---|---|");
+    for (input, r, _, _) in &cases {
+        println!("| {input} | {} | {} |", r.status, r.json["error"].as_str().unwrap_or("(none)"));
+    }
+    for (input, r, status, needle) in &cases {
+        assert_eq!(r.status, *status, "{input}: {}", r.json);
+        assert_eq!(r.json["status"], *status, "{input}: {}", r.json);
+        let msg = r.json["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{input}: {msg:?} should contain {needle:?}");
+    }
+    // The token also opens /model, and from the link's query string (the phone case).
+    assert_eq!(get(&format!("{}/model", server.url())).status, 401);
+    assert_eq!(get(&format!("{}/model?token={token}", server.url())).status, 200);
+    // None of it hurt the server.
+    let ok = post(&url, Some("image/jpeg"), Some(token), &jpeg);
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    assert_eq!(get(&format!("{}/health", server.url())).json["requests"], 1);
+    server.stop().unwrap();
+}
+
+#[test]
+fn the_truncated_jpeg_check_is_structural() {
+    use transfer_workbook::serve::decode::check_jpeg_complete;
+    let jpeg = sample_jpeg();
+    assert!(check_jpeg_complete(&jpeg).is_ok());
+    // Data after EOI (a phone's appended motion-photo video) is fine; a cut anywhere is not.
+    let mut trailer = jpeg.clone();
+    trailer.extend(b"ftypmp42 appended video bytes");
+    assert!(check_jpeg_complete(&trailer).is_ok());
+    for cut in [3, 100, jpeg.len() / 2, jpeg.len() - 2, jpeg.len() - 1] {
+        let e = check_jpeg_complete(&jpeg[..cut]).unwrap_err();
+        assert_eq!(e.status, 400, "cut at {cut}");
+    }
+}
+
+#[test]
+fn waiting_requests_share_a_batch_and_a_full_queue_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    let jpeg = std::sync::Arc::new(sample_jpeg());
+    // A long batch wait: 4 requests sent together are one batch (the batch runs as soon as it
+    // is full, so the wait is not spent).
+    let cfg = ServeConfig { max_batch: 4, queue_depth: 8, batch_wait_ms: 20_000, ..ServeConfig::default() };
+    let server = start(&path, cfg);
+    let url = format!("{}/predict", server.url());
+    let sizes: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4).map(|_| s.spawn(|| post(&url, Some("image/jpeg"), None, &jpeg))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).map(|r| r.json["batch_size"].as_u64().unwrap()).collect()
+    });
+    assert_eq!(sizes, vec![4; 4]);
+    server.stop().unwrap();
+
+    // Room for 2: two requests wait (batch not full, long wait), the third is refused at once.
+    let cfg = ServeConfig { max_batch: 8, queue_depth: 2, batch_wait_ms: 3_000, ..ServeConfig::default() };
+    let server = start(&path, cfg);
+    let base = server.url();
+    let url = format!("{base}/predict");
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2).map(|_| s.spawn(|| post(&url, Some("image/jpeg"), None, &jpeg))).collect();
+        wait_pending(&base, 2);
+        let busy = post(&url, Some("image/jpeg"), None, &jpeg);
+        assert_eq!(busy.status, 503, "{}", busy.json);
+        assert_eq!(busy.retry_after.as_deref(), Some("1"));
+        assert!(busy.json["error"].as_str().unwrap().contains("busy"));
+        for h in hs {
+            let r = h.join().unwrap();
+            assert_eq!((r.status, r.json["batch_size"].as_u64()), (200, Some(2)), "{}", r.json);
+        }
+    });
+    assert_eq!(get(&format!("{base}/health")).json["rejected"], 1);
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_bounded_load_has_no_errors_and_stop_finishes_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    let jpeg = sample_jpeg();
+    let server = start(&path, ServeConfig::default());
+    let url = format!("{}/predict", server.url());
+    let (n, workers) = (200, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let errors: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut errors = 0;
+                    while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
+                        if post(&url, Some("image/jpeg"), None, &jpeg).status != 200 {
+                            errors += 1;
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(errors, 0);
+    let h = get(&format!("{}/health", server.url())).json;
+    assert_eq!((h["requests"].as_u64(), h["rejected"].as_u64(), h["pending"].as_u64()), (Some(n as u64), Some(0), Some(0)));
+    server.stop().unwrap();
+
+    // A request waiting in the batcher when the server is told to stop still gets its answer.
+    let server = start(&path, ServeConfig { batch_wait_ms: 2_000, ..ServeConfig::default() });
+    let base = server.url();
+    let url = format!("{base}/predict");
+    std::thread::scope(|s| {
+        let h = s.spawn(|| post(&url, Some("image/jpeg"), None, &jpeg));
+        wait_pending(&base, 1);
+        server.stop().unwrap();
+        assert_eq!(h.join().unwrap().status, 200);
+    });
+    assert!(ureq::get(&format!("{base}/health")).timeout(Duration::from_secs(5)).call().is_err(), "still listening after stop");
+}
+
+#[test]
+fn an_open_address_without_a_token_is_warned_about() {
+    let open = ServeConfig { addr: "0.0.0.0:8080".parse().unwrap(), ..ServeConfig::default() };
+    assert!(open.exposure_warning().unwrap().contains("--token"));
+    assert!(ServeConfig { token: Some("t".into()), ..open.clone() }.exposure_warning().is_none());
+    assert!(ServeConfig::default().exposure_warning().is_none());
+}
+
+#[cfg(unix)]
+#[test]
+fn cli_serve_answers_then_sigterm_finishes_the_request_in_flight() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+        .args(["serve", "--weights", path.to_str().unwrap(), "--addr", "127.0.0.1:0", "--batching", "on", "--batch-wait-ms", "2000", "--token", "tok"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = stderr.by_ref().map(|l| l.unwrap()).find(|l| l.starts_with("serving")).expect("no 'serving' line");
+    let base = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    assert!(line.contains("model.safetensors") && line.contains("dynamic batching up to 16"), "{line}");
+    let jpeg = sample_jpeg();
+    let url = format!("{base}/predict");
+    std::thread::scope(|s| {
+        let h = s.spawn(|| post(&url, Some("image/jpeg"), Some("tok"), &jpeg));
+        wait_pending(&base, 1);
+        let kill = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{}", r.json);
+    });
+    assert!(child.wait().unwrap().success());
+    let rest: Vec<String> = stderr.map(|l| l.unwrap()).collect();
+    assert!(rest.iter().any(|l| l.contains("signal received")) && rest.iter().any(|l| l.starts_with("stopped")), "{rest:?}");
+}
