@@ -42,6 +42,8 @@ enum Command {
     Bench(BenchArgs),
     /// Download and unpack the d2l hot-dog data set (SHA-1 checked).
     Download(DownloadArgs),
+    /// A saved model on one split: OUT/metrics.json, OUT/confusion.png, OUT/top-losses.png.
+    Evaluate(EvaluateArgs),
 }
 
 /// `--optimizer`: the update rule (the recipe's momentum and weight decay unless given).
@@ -177,6 +179,11 @@ struct CommonArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Hold out this fraction (0 < F < 1) of each class's training photos for validation
+    /// (stratified, seeded with --seed); DIR/val/ is used instead when it exists. Early
+    /// stopping and the kept epoch look at validation, never at test.
+    #[arg(long)]
+    val_split: Option<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -207,7 +214,8 @@ struct TrainArgs {
     /// BatchNorm while training: batch statistics (train) or running statistics (frozen).
     #[arg(long)]
     bn: Option<BnMode>,
-    /// Stop after this many epochs without test-loss improvement, keeping the best weights.
+    /// Stop after this many epochs without validation-loss improvement, keeping the best weights
+    /// (needs --val-split or DIR/val/).
     #[arg(long)]
     patience: Option<usize>,
     /// Training augmentation: d2l (RandomResizedCrop + flip) or keras (resize + random crop + flip).
@@ -238,6 +246,32 @@ struct TwoPhaseArgs {
     unfreeze_from: Option<String>,
     #[arg(long, default_value_t = 3)]
     patience: usize,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// A model.safetensors written by a training command.
+    #[arg(long)]
+    weights: String,
+    /// Data folder with <split>/<class>/ (default: download d2l's hotdog.zip).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Needed when the weights file does not name it.
+    #[arg(long)]
+    backbone: Option<Arch>,
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Where metrics.json, confusion.png and top-losses.png go.
+    #[arg(long, default_value = "runs/evaluate")]
+    out: PathBuf,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -346,6 +380,7 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
         limit_per_class: common.limit_per_class,
         cache_dir: common.cache_dir.as_ref().map(|c| c.join("hub")),
         head_init: HeadInit::Xavier,
+        val_split: common.val_split,
     })
 }
 
@@ -353,9 +388,11 @@ fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
     let label = device_label(&exp.device);
     let result = fine_tune(&exp)?;
     if let Some(out) = &exp.out {
-        eprintln!("wrote {}/{{history.json, curves.png, curves.svg, model.safetensors}}", out.display());
+        eprintln!("wrote {}/{{history.json, curves.png, curves.svg, model.safetensors, metrics.json, confusion.png, top-losses.png}}", out.display());
     }
+    println!("{}", result.test.metrics.table());
     println!("{}", result.history.summary_lines(&label));
+    println!("{}", transfer_workbook::evaluation::kept_model_line(&result.history, &result.test.metrics));
     Ok(())
 }
 
@@ -398,7 +435,13 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
     // Fail on a bad block name now, not after phase 1.
     phases[1].freeze.predicate(arch)?;
     let init = ModelInit::Pretrained(weights_source(arch, &a.common.weights));
-    run_experiment(experiment(&a.common, "two-phase", init, phases, Augment::Keras)?)
+    let mut exp = experiment(&a.common, "two-phase", init, phases, Augment::Keras)?;
+    // Phase 2's early stopping needs validation: 20% of train unless DIR/val exists (the
+    // Keras lesson also validates on a split of its own).
+    if exp.val_split.is_none() && !exp.data.join("val").is_dir() {
+        exp.val_split = Some(0.2);
+    }
+    run_experiment(exp)
 }
 
 /// A model for inference: a run's model.safetensors (backbone and classes in its metadata),
@@ -418,6 +461,24 @@ fn predict(a: PredictArgs) -> anyhow::Result<()> {
             println!("  {:6.2}%  {:>4}  {}", p.probability * 100.0, p.index, p.class);
         }
     }
+    Ok(())
+}
+
+/// `finetune evaluate`: a saved model on one split of a data folder.
+fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    if a.batch_size == 0 || a.image_size < 32 {
+        bail!("--batch-size must be at least 1 and --image-size at least 32");
+    }
+    let model = load_model(&WeightsSource::parse(&a.weights), a.backbone, &device, a.cache_dir.as_deref())?;
+    let dir = data_dir(&a.data, &a.cache_dir)?;
+    let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
+    eprintln!("{}", ds.summary());
+    let ev = transfer_workbook::evaluation::evaluate_split(&model, &ds, &a.split, a.image_size, a.batch_size)?;
+    let title = format!("{}: {} on {}", a.weights, model.arch, a.split);
+    transfer_workbook::evaluation::write_report(&ev, &ds, &title, &a.out)?;
+    eprintln!("wrote {}/{{metrics.json, confusion.png, top-losses.png}}", a.out.display());
+    println!("{}", ev.metrics.table());
     Ok(())
 }
 
@@ -541,6 +602,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peek(a) => peek(a),
         Command::ZeroShot(a) => zero_shot(a),
         Command::Bench(a) => bench(a),
+        Command::Evaluate(a) => evaluate(a),
         Command::Download(a) => {
             let dir = hotdog(&a.cache_dir.unwrap_or_else(default_cache).join("data"))?;
             println!("{}", dir.display());

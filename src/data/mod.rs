@@ -1,10 +1,13 @@
-//! Data: image-folder datasets decoded once into memory, the d2l hot-dog download, and a
-//! batch loader that augments in parallel and prepares the next batch while one trains.
+//! Data: image-folder datasets decoded once into memory, the d2l hot-dog download, a
+//! train/validation/test split, and a batch loader that augments in parallel and prepares the
+//! next batch while one trains.
 
 pub mod download;
 pub mod image_folder;
 pub mod loader;
+pub mod split;
 
 pub use download::{download_extract, hotdog, HOTDOG_SHA1, HOTDOG_URL};
 pub use image_folder::{ImageFolder, Skipped};
 pub use loader::{Batch, Loader};
+pub use split::{carve_validation, check_val_fraction};
