@@ -11,7 +11,8 @@ use std::path::Path;
 /// Pixel size of [`draw_confusion`]'s picture for `n` classes.
 pub fn confusion_size(n: usize) -> (u32, u32) {
     let cell = cell_px(n);
-    (LEFT + n as u32 * cell + 30, TOP + n as u32 * cell + BOTTOM)
+    // At least 640 wide, so a long title (a model's path) fits beside a 2x2 matrix.
+    ((LEFT + n as u32 * cell + 30).max(640), TOP + n as u32 * cell + BOTTOM)
 }
 
 const LEFT: u32 = 190;
