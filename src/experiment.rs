@@ -4,8 +4,9 @@
 use crate::checkpoint::{card::now_rfc3339, load_pretrained, save_model_with_card, ModelCard, RunFiles, WeightsSource};
 use crate::data::image_folder::load_train_test_limited;
 use crate::data::ImageFolder;
+use crate::evaluation::{evaluate_split, write_report, Evaluation};
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
-use crate::train::{train, History, PhaseConfig, TrainConfig};
+use crate::train::{train_validated, History, PhaseConfig, TrainConfig};
 use crate::transforms::Pipeline;
 use anyhow::Context;
 use candle_core::Device;
@@ -52,23 +53,54 @@ pub struct Experiment {
     pub cache_dir: Option<PathBuf>,
     /// How the new head starts (Xavier, or with the ImageNet "hotdog" row).
     pub head_init: HeadInit,
+    /// Hold out this fraction of each class of `DIR/train` for validation (seeded with `seed`);
+    /// `DIR/val/` is used instead when it exists. Early stopping needs one of the two.
+    pub val_split: Option<f64>,
 }
 
 pub struct ExperimentResult {
     pub model: Classifier,
     pub history: History,
     pub train_data: Arc<ImageFolder>,
+    /// The validation photos (carved from train or `DIR/val`), if any.
+    pub val_data: Option<Arc<ImageFolder>>,
     pub test_data: Arc<ImageFolder>,
+    /// The kept model on the test photos (also in `OUT/metrics.json`).
+    pub test: Evaluation,
 }
 
 /// Load a `DIR/{train,test}` dataset, optionally keeping the first `limit` files per class
 /// (chosen before decoding).
 pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
+    let (train, _, test) = load_data_with_validation(dir, None, 0, limit)?;
+    Ok((train, test))
+}
+
+/// Train, validation and test: validation from `DIR/val/` when it exists, else carved from
+/// train with `val_split` (seeded, stratified), else none; the first `limit` images per class
+/// are kept before the carving. `val_split` together with `DIR/val/` is an error.
+#[allow(clippy::type_complexity)]
+pub fn load_data_with_validation(
+    dir: &std::path::Path,
+    val_split: Option<f64>,
+    seed: u64,
+    limit: Option<usize>,
+) -> anyhow::Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>, Arc<ImageFolder>)> {
+    if let Some(f) = val_split {
+        crate::data::check_val_fraction(f)?;
+    }
+    // The first `limit` files per class are picked before anything is decoded.
     let (train, test) = load_train_test_limited(dir, limit)?;
-    for ds in [&train, &test] {
+    let val_dir = dir.join("val");
+    let val = if val_dir.is_dir() {
+        Some(ImageFolder::load_limited(&val_dir, &train.classes, limit).with_context(|| format!("loading the validation split of {}", dir.display()))?)
+    } else {
+        None
+    };
+    for ds in [Some(&train), val.as_ref(), Some(&test)].into_iter().flatten() {
         eprintln!("{}", ds.summary());
-        for s in &ds.skipped {
-            eprintln!("  skipped {}: {}", crate::paths::shown(&s.path), s.reason);
+        for sk in &ds.skipped {
+            eprintln!("  skipped {}: {}", crate::paths::shown(&sk.path), sk.reason);
         }
     }
     if train.classes.len() < 2 {
@@ -79,7 +111,20 @@ pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<
             train.classes
         );
     }
-    Ok((Arc::new(train), Arc::new(test)))
+    let (train, val) = match (val, val_split) {
+        (Some(v), Some(f)) => anyhow::bail!(
+            "--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it",
+            v.root.display()
+        ),
+        (Some(v), None) => (train, Some(v)),
+        (None, Some(f)) => {
+            let (t, v) = crate::data::carve_validation(&train, f, seed)?;
+            eprintln!("validation: {} photos held out of train ({f} of each class, seed {seed}), {} left to train on", v.len(), t.len());
+            (t, Some(v))
+        }
+        (None, None) => (train, None),
+    };
+    Ok((Arc::new(train), val.map(Arc::new), Arc::new(test)))
 }
 
 /// Build the model an experiment starts from (pretrained weights are read from a local file
@@ -93,6 +138,15 @@ pub fn build_model(opts: &ModelOptions, init: &ModelInit, device: &Device, cache
 
 /// Run an experiment: load data, build the model, train all phases, write the outputs.
 pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
+    if let Some(f) = exp.val_split {
+        crate::data::check_val_fraction(f)?;
+    }
+    // Flag conflicts fail before the output folder is touched.
+    let val_dir = exp.data.join("val");
+    if let (Some(f), true) = (exp.val_split, val_dir.is_dir()) {
+        anyhow::bail!("--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it", val_dir.display());
+    }
+    crate::train::fit::check_validation_for(&exp.phases, exp.val_split.is_some() || val_dir.is_dir())?;
     // Fetch or find the weights first: a wrong path should not wait for a thousand decodes.
     let init = match &exp.init {
         ModelInit::Pretrained(src) => ModelInit::Pretrained(WeightsSource::File(src.resolve(exp.cache_dir.as_deref())?)),
@@ -105,7 +159,7 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         Some(out) => Some(crate::checkpoint::out_folder::prepare(out, exp.resume, exp.overwrite)?),
         None => None,
     };
-    let (train_data, test_data) = load_data(&exp.data, exp.limit_per_class)?;
+    let (train_data, val_data, test_data) = load_data_with_validation(&exp.data, exp.val_split, exp.seed, exp.limit_per_class)?;
     let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
     let model = build_model(&opts, &init, &exp.device, exp.cache_dir.as_deref())?;
     let norm = exp.arch.normalization();
@@ -141,20 +195,22 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
             let _ = crate::plot::save_curves(h, &title, &o.join("curves.png"), &o.join("curves.svg"));
         }
     };
-    let outcome = train(model, train_data.clone(), test_data.clone(), &exp.phases, &cfg, &mut on_epoch)?;
+    let outcome = train_validated(model, train_data.clone(), val_data.clone(), test_data.clone(), &exp.phases, &cfg, &mut on_epoch)?;
+    // The test split is touched once more, by the model that was kept.
+    let test = evaluate_split(&outcome.model, &test_data, "test", exp.image_size, exp.batch_size)?;
     if let Some(o) = &exp.out {
         outcome.history.save_json(&o.join("history.json"))?;
         crate::plot::save_curves(&outcome.history, &exp.title, &o.join("curves.png"), &o.join("curves.svg"))?;
-        let kept = outcome.history.best_epoch.and_then(|e| outcome.history.records.iter().find(|r| r.epoch == e)).or(outcome.history.last());
         let card = ModelCard {
             image_size: Some(exp.image_size),
             normalization: Some(norm),
             trained_at: Some(now_rfc3339()),
-            test_accuracy: kept.map(|r| r.test_acc),
+            test_accuracy: Some(test.metrics.accuracy),
             ..Default::default()
         };
         crate::checkpoint::atomic::fault_point("history");
         save_model_with_card(&outcome.model, &card, &o.join("model.safetensors"))?;
+        write_report(&test, &test_data, &exp.title, o)?;
     }
-    Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, test_data })
+    Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, val_data, test_data, test })
 }

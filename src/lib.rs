@@ -13,8 +13,9 @@
 //!   models and the training checkpoint;
 //! - [`train`]: optimizers with per-store learning rates, evaluation, the epoch loop, recipes;
 //! - [`plot`]: training curves and image grids;
-//! - [`experiment`] / [`fine_tune`]: the whole d2l experiment in one call; [`predict`],
-//!   [`zero_shot`], [`bench`] and [`notebook`] on top;
+//! - [`experiment`] / [`fine_tune`]: the whole d2l experiment in one call; [`evaluation`]
+//!   (metrics.json, confusion matrix, top losses); [`predict`], [`zero_shot`], [`bench`] and
+//!   [`notebook`] on top;
 //! - [`serve`]: a saved model behind HTTP (`finetune serve`), on top of [`predict`].
 
 #[cfg(feature = "mimalloc")]
@@ -44,6 +45,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod evaluation;
 pub mod experiment;
 pub mod imagenet;
 pub mod models;

@@ -4,8 +4,8 @@
 
 use crate::checkpoint::{default_weights, WeightsSource};
 use crate::models::{Arch, HeadInit};
-use crate::plot::{draw_comparison, draw_curves};
-use crate::train::{History, PhaseConfig};
+use crate::plot::{confusion_size, draw_comparison, draw_confusion, draw_curves, top_losses_grid};
+use crate::train::{History, Metrics, PhaseConfig, Predictions};
 use crate::{Augment, Experiment, ModelInit};
 use anyhow::{anyhow, Context};
 use base64::Engine;
@@ -96,6 +96,7 @@ impl Setting {
             limit_per_class: self.limit_per_class(),
             cache_dir: None,
             head_init: HeadInit::Xavier,
+            val_split: None,
         })
     }
 }
@@ -216,6 +217,28 @@ pub fn show_comparison(runs: &[(&str, &History)], title: &str) -> anyhow::Result
     show_chart(&render(1000, 400, |root| draw_comparison(root, runs, title))?)
 }
 
+/// The confusion matrix of `metrics` (rows true, columns predicted), inline.
+pub fn show_confusion(metrics: &Metrics, title: &str) -> anyhow::Result<()> {
+    let (w, h) = confusion_size(metrics.classes.len());
+    show_chart(&render(w, h, |root| draw_confusion(root, metrics, title))?)
+}
+
+/// The `k` most confidently wrong photos of `ds` (true class, predicted class, probability), inline.
+pub fn show_top_losses(ds: &crate::data::ImageFolder, predictions: &Predictions, k: usize) -> anyhow::Result<()> {
+    show_image(&top_losses_grid(ds, predictions, k, 8, 150)?)
+}
+
+/// Per-class precision, recall, F1 and support, then the accuracy, as an inline table.
+pub fn show_metrics(metrics: &Metrics) -> anyhow::Result<()> {
+    let mut rows: Vec<Vec<String>> = metrics
+        .classes
+        .iter()
+        .map(|c| vec![c.class.clone(), format!("{:.3}", c.precision), format!("{:.3}", c.recall), format!("{:.3}", c.f1), c.support.to_string()])
+        .collect();
+    rows.push(vec![format!("{} accuracy", metrics.split), String::new(), String::new(), format!("{:.3}", metrics.accuracy), metrics.images.to_string()]);
+    show_table(&["class", "precision", "recall", "F1", "support"], &rows)
+}
+
 fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
@@ -272,6 +295,8 @@ mod tests {
             train_acc: acc,
             test_acc: acc,
             test_loss: 0.5,
+            val_loss: Some(0.6),
+            val_acc: Some(acc - 0.1),
             examples_per_sec: 1.0,
             train_seconds: 1.0,
             phase: if epoch < 3 { "head".into() } else { "fine-tune".into() },

@@ -39,8 +39,10 @@ fn scratch_run_writes_every_output_and_d2l_summary() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     let n = lines.len();
-    assert!(lines[n - 2].starts_with("loss ") && lines[n - 2].contains(", train acc ") && lines[n - 2].contains(", test acc "), "{stdout}");
-    assert!(lines[n - 1].ends_with(" examples/sec on cpu"), "{stdout}");
+    assert!(lines[n - 3].starts_with("loss ") && lines[n - 3].contains(", train acc ") && lines[n - 3].contains(", test acc "), "{stdout}");
+    assert!(lines[n - 2].ends_with(" examples/sec on cpu"), "{stdout}");
+    // The last line: the test accuracy of the model that was kept (no validation: the last epoch).
+    assert!(lines[n - 1].starts_with("kept the last epoch (2): test acc "), "{stdout}");
 
     // The saved model says how it was trained: what predict and serve need to take raw photos.
     let card = transfer_workbook::checkpoint::ModelCard::read(&out.path().join("model.safetensors")).unwrap();

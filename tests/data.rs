@@ -71,6 +71,31 @@ fn stratified_split_keeps_every_image_once_per_class_fraction() {
     assert!(err.contains("sum to 1"), "{err}");
 }
 
+/// `--val-split`: a seeded, stratified hold-out from train; disjoint, nothing lost.
+#[test]
+fn validation_is_carved_per_class_from_train() {
+    let dir = tempfile::tempdir().unwrap();
+    for c in 0..3u8 {
+        for i in 0..(10 * (c as usize + 1)) {
+            write_png(&dir.path().join(format!("class{c}/{i:02}.png")), [c, i as u8, 0]);
+        }
+    }
+    let ds = ImageFolder::load(dir.path()).unwrap();
+    let (train, val) = transfer_workbook::data::carve_validation(&ds, 0.2, 5).unwrap();
+    assert_eq!(val.class_counts(), vec![2, 4, 6]);
+    assert_eq!(train.class_counts(), vec![8, 16, 24]);
+    assert!(val.paths.iter().all(|p| !train.paths.contains(p)), "validation photos are not trained on");
+    assert_eq!(transfer_workbook::data::carve_validation(&ds, 0.2, 5).unwrap().1.paths, val.paths);
+    assert_ne!(transfer_workbook::data::carve_validation(&ds, 0.2, 6).unwrap().1.paths, val.paths);
+    for bad in [0.0, 1.0, -0.5, 2.0, f64::NAN] {
+        let err = transfer_workbook::data::carve_validation(&ds, bad, 0).err().expect("outside (0, 1)").to_string();
+        assert!(err.contains(&format!("--val-split {bad} is outside (0, 1)")), "{err}");
+    }
+    // 0.04 of 10 photos rounds to none: class0 cannot be split.
+    let err = transfer_workbook::data::carve_validation(&ds, 0.04, 0).err().expect("too few").to_string();
+    assert!(err.contains("class 'class0'") && err.contains("has 10 photo(s): too few to hold out 0.04"), "{err}");
+}
+
 #[test]
 fn missing_and_empty_folders_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

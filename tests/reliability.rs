@@ -68,7 +68,7 @@ fn a_kill_at_every_checkpoint_write_step_then_resume_equals_the_uninterrupted_ru
     support::write_color_dataset(data.path(), 4, 2);
     let d = s(data.path());
     // Momentum and early stopping: the checkpoint has all its parts (model, optimizer, best).
-    let extra = ["--epochs", "2", "--momentum", "0.9", "--patience", "3", "--lr", "0.01"];
+    let extra = ["--epochs", "2", "--momentum", "0.9", "--patience", "3", "--val-split", "0.5", "--lr", "0.01"];
     let base = tempfile::tempdir().unwrap();
     let o = finetune(&train_args(d, s(base.path()), &extra), &[]);
     assert!(o.status.success(), "{}", text(&o));

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};
 use transfer_workbook::experiment::load_data;
-use transfer_workbook::train::{recipes, train, OptimizerKind, ParamGroup, PhaseConfig, Reduction, TrainConfig};
+use transfer_workbook::train::{recipes, train, train_validated, OptimizerKind, ParamGroup, PhaseConfig, Reduction, TrainConfig};
 use transfer_workbook::transforms::{Normalization, Pipeline};
 
 fn var(v: &[f32]) -> Var {
@@ -177,13 +177,19 @@ fn two_phase_recipe_marks_phases_and_restores_the_best_epoch() {
     let (tr, te, model) = data_and_model(dir.path(), Freeze::Nothing);
     let mut phases = recipes::keras_two_phase(Arch::ResNet18, 2, 3, None, 1);
     phases[1].lr = 1e-3;
-    let o = train(model, tr, te, &phases, &run_config(Some(out.path().into()), false), &mut |_, _| {}).unwrap();
+    // Early stopping never watches the test split: without validation the run is refused.
+    let err = train(model.rebuild(Freeze::Nothing, BnMode::Train).unwrap(), tr.clone(), te.clone(), &phases, &run_config(None, false), &mut |_, _| {}).err().expect("no validation split");
+    assert!(err.to_string().contains("needs a validation split"), "{err}");
+    let (tr, val) = transfer_workbook::data::carve_validation(&tr, 0.25, 3).unwrap();
+    let (tr, val) = (Arc::new(tr), Arc::new(val));
+    let o = train_validated(model, tr, Some(val), te, &phases, &run_config(Some(out.path().into()), false), &mut |_, _| {}).unwrap();
     let h = &o.history;
     assert_eq!(h.records[0].phase, "head");
     assert_eq!(h.phase_starts(), vec![(3, "fine-tune".to_string())]);
     let best = h.best_epoch.expect("early stopping keeps a best epoch");
-    let best_loss = h.records.iter().find(|r| r.epoch == best).unwrap().test_loss;
-    assert!(h.records.iter().filter(|r| r.phase == "fine-tune").all(|r| r.test_loss >= best_loss));
+    // Chosen on the validation loss: the kept epoch has the lowest of phase 2.
+    let best_loss = h.records.iter().find(|r| r.epoch == best).unwrap().val_loss.unwrap();
+    assert!(h.records.iter().filter(|r| r.phase == "fine-tune").all(|r| r.val_loss.unwrap() >= best_loss));
     // The model now holds the best epoch's weights.
     let saved = transfer_workbook::checkpoint::RunFiles { dir: out.path().into() }.load_best().unwrap().expect("the checkpoint keeps the best weights");
     for (k, t) in o.model.state() {

@@ -61,6 +61,8 @@ enum Command {
     /// Serve a saved model over HTTP: a SeeFood page at /, POST /predict, GET /model, GET /health.
     #[cfg(feature = "serve")]
     Serve(transfer_workbook::serve::cli::ServeArgs),
+    /// A saved model on one split: OUT/metrics.json, OUT/confusion.png, OUT/top-losses.png.
+    Evaluate(EvaluateArgs),
 }
 
 /// `--optimizer`: the update rule (the recipe's momentum and weight decay unless given).
@@ -199,6 +201,11 @@ struct CommonArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Hold out this fraction (0 < F < 1) of each class's training photos for validation
+    /// (stratified, seeded with --seed); DIR/val/ is used instead when it exists. Early
+    /// stopping and the kept epoch look at validation, never at test.
+    #[arg(long)]
+    val_split: Option<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -230,7 +237,8 @@ struct TrainArgs {
     /// BatchNorm while training: batch statistics (train) or running statistics (frozen).
     #[arg(long)]
     bn: Option<BnMode>,
-    /// Stop after this many epochs without test-loss improvement, keeping the best weights.
+    /// Stop after this many epochs without validation-loss improvement, keeping the best weights
+    /// (needs --val-split or DIR/val/).
     #[arg(long)]
     patience: Option<usize>,
     /// Training augmentation: d2l (RandomResizedCrop + flip) or keras (resize + random crop + flip).
@@ -321,6 +329,33 @@ struct LrFindArgs {
     /// Head lr = swept lr x this (default: the recipe's).
     #[arg(long)]
     head_lr_mult: Option<f64>,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// A model.safetensors written by a training command.
+    #[arg(long)]
+    weights: String,
+    /// Data folder with <split>/<class>/ (default: download d2l's hotdog.zip).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Needed when the weights file does not name it.
+    #[arg(long)]
+    backbone: Option<Arch>,
+    /// Default: the size stored in the model file (224 when it has none).
+    #[arg(long)]
+    image_size: Option<u32>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Where metrics.json, confusion.png and top-losses.png go.
+    #[arg(long, default_value = "runs/evaluate")]
+    out: PathBuf,
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -444,6 +479,7 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
         limit_per_class: common.limit_per_class,
         cache_dir: hub_cache(&common.cache_dir),
         head_init: HeadInit::Xavier,
+        val_split: common.val_split,
     })
 }
 
@@ -451,9 +487,11 @@ fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
     let label = device_label(&exp.device);
     let result = fine_tune(&exp)?;
     if let Some(out) = &exp.out {
-        eprintln!("wrote {}/{{history.json, curves.png, curves.svg, model.safetensors}}", out.display());
+        eprintln!("wrote {}/{{history.json, curves.png, curves.svg, model.safetensors, metrics.json, confusion.png, top-losses.png}}", out.display());
     }
+    println!("{}", result.test.metrics.table());
     println!("{}", result.history.summary_lines(&label));
+    println!("{}", transfer_workbook::evaluation::kept_model_line(&result.history, &result.test.metrics));
     Ok(())
 }
 
@@ -527,7 +565,13 @@ fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
     // Fail on a bad block name now, not after phase 1.
     phases[1].freeze.predicate(arch)?;
     let init = ModelInit::Pretrained(weights_source(arch, &a.common.weights));
-    run_experiment(experiment(&a.common, "two-phase", init, phases, Augment::Keras)?)
+    let mut exp = experiment(&a.common, "two-phase", init, phases, Augment::Keras)?;
+    // Phase 2's early stopping needs validation: 20% of train unless DIR/val exists (the
+    // Keras lesson also validates on a split of its own).
+    if exp.val_split.is_none() && !exp.data.join("val").is_dir() {
+        exp.val_split = Some(0.2);
+    }
+    run_experiment(exp)
 }
 
 /// A model for inference: a run's model.safetensors (backbone, classes, image size and
@@ -564,8 +608,9 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     use transfer_workbook::train::{lr_find, LrFindConfig};
     let c = &a.common;
     let arch = c.backbone;
-    if c.batch_size == 0 || c.image_size < 32 || a.steps < 5 {
-        bail!("--batch-size must be at least 1, --image-size at least 32 and --steps at least 5");
+    limits::batch_and_size(c.batch_size, c.image_size, true)?;
+    if a.steps < 5 {
+        bail!("--steps must be at least 5 (got {})", a.steps);
     }
     let (phase, name) = match a.recipe {
         LrRecipe::Finetune => (recipes::d2l_finetune(1), "finetune"),
@@ -576,10 +621,8 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let init = if a.recipe == LrRecipe::Scratch { ModelInit::Scratch } else { ModelInit::Pretrained(weights_source(arch, &c.weights)) };
     let device = parse_device(&c.device)?;
     let dir = data_dir(&c.data, &c.cache_dir)?;
-    let mut train = ImageFolder::load(dir.join("train"))?;
-    if let Some(n) = c.limit_per_class {
-        train = train.take_per_class(n);
-    }
+    let train_dir = dir.join("train");
+    let train = ImageFolder::load_limited(&train_dir, &transfer_workbook::data::image_folder::class_folders(&train_dir)?, c.limit_per_class)?;
     eprintln!("{}", train.summary());
     let opts = ModelOptions { seed: c.seed, ..ModelOptions::new(arch, train.classes.clone()) };
     let model = transfer_workbook::experiment::build_model(&opts, &init, &device, hub_cache(&c.cache_dir).as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
@@ -618,6 +661,23 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let steep = r.steepest.map_or("none (the loss never fell)".to_string(), |l| format!("{l:.2e}"));
     println!("other rules: steepest descent {steep}, minimum / 10 {:.2e}", r.min_over_ten);
     println!("suggested lr {:.2e} ({}; for --lr of the {name} recipe at --batch-size {})", r.suggestion, r.rule.describe(), c.batch_size);
+    Ok(())
+}
+
+/// `finetune evaluate`: a saved model on one split of a data folder.
+fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+    let device = parse_device(&a.device)?;
+    limits::batch_and_size(a.batch_size, a.image_size.unwrap_or(224), false)?;
+    let (model, card) = load_model_with_card(&WeightsSource::parse(&a.weights), a.backbone, &device, hub_cache(&a.cache_dir).as_deref())?;
+    let image_size = a.image_size.unwrap_or(card.image_size_or_default());
+    let dir = data_dir(&a.data, &a.cache_dir)?;
+    let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
+    eprintln!("{}", ds.summary());
+    let ev = transfer_workbook::evaluation::evaluate_split(&model, &ds, &a.split, image_size, a.batch_size)?;
+    let title = format!("{}: {} on {}", a.weights, model.arch, a.split);
+    transfer_workbook::evaluation::write_report(&ev, &ds, &title, &a.out)?;
+    eprintln!("wrote {}/{{metrics.json, confusion.png, top-losses.png}}", a.out.display());
+    println!("{}", ev.metrics.table());
     Ok(())
 }
 
@@ -746,6 +806,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench(a),
         #[cfg(feature = "serve")]
         Command::Serve(a) => a.run(),
+        Command::Evaluate(a) => evaluate(a),
         Command::Download(a) => {
             let dir = hotdog(&a.cache_dir.unwrap_or_else(default_cache).join("data"))?;
             println!("{}", dir.display());

@@ -83,20 +83,21 @@ where
     let x_max = r.len().max(1) as f64;
     let pts = |f: fn(&crate::train::EpochRecord) -> f64| r.iter().map(|e| (e.epoch as f64, f(e))).collect::<Vec<_>>();
     let switches = history.phase_starts();
-    let loss_max = r.iter().flat_map(|e| [e.loss, e.test_loss]).filter(|v| v.is_finite()).fold(0.1f64, f64::max) * 1.1;
-    panel(
-        &left,
-        "loss",
-        &[("train loss", BLUE, pts(|e| e.loss)), ("test loss", RED, pts(|e| e.test_loss))],
-        (0.0, loss_max),
-        x_max,
-        &switches,
-        SeriesLabelPosition::UpperRight,
-    )?;
+    let loss_max = r.iter().flat_map(|e| [e.loss, e.test_loss, e.val_loss.unwrap_or(0.0)]).filter(|v| v.is_finite()).fold(0.1f64, f64::max) * 1.1;
+    // Validation (what early stopping watches) in green, only for the epochs that have it.
+    const GREEN: RGBColor = RGBColor(0, 150, 0);
+    let opt_pts = |f: fn(&crate::train::EpochRecord) -> Option<f64>| r.iter().filter_map(|e| f(e).map(|v| (e.epoch as f64, v))).collect::<Vec<_>>();
+    let mut loss_series = vec![("train loss", BLUE, pts(|e| e.loss)), ("test loss", RED, pts(|e| e.test_loss))];
+    let mut acc_series = vec![("train acc", BLUE, pts(|e| e.train_acc)), ("test acc", RED, pts(|e| e.test_acc))];
+    if r.iter().any(|e| e.val_loss.is_some()) {
+        loss_series.push(("val loss", GREEN, opt_pts(|e| e.val_loss)));
+        acc_series.push(("val acc", GREEN, opt_pts(|e| e.val_acc)));
+    }
+    panel(&left, "loss", &loss_series, (0.0, loss_max), x_max, &switches, SeriesLabelPosition::UpperRight)?;
     panel(
         &right,
         "accuracy",
-        &[("train acc", BLUE, pts(|e| e.train_acc)), ("test acc", RED, pts(|e| e.test_acc))],
+        &acc_series,
         (0.0, 1.0),
         x_max,
         &switches,

@@ -1,5 +1,6 @@
 //! The training loop: phases (each with its own freezing, BatchNorm mode, optimizer and
-//! learning rates), d2l's per-epoch report, early stopping with best-weights restore, and
+//! learning rates), d2l's per-epoch report, early stopping with best-weights restore on the
+//! validation loss, and
 //! a checkpoint after every epoch that a later run resumes from exactly.
 //!
 //! [`train`] reads as: resume, then phases, then epochs.
@@ -35,7 +36,8 @@ pub struct PhaseConfig {
     pub freeze: Freeze,
     pub bn_mode: BnMode,
     pub reduction: Reduction,
-    /// Stop the phase when the test loss stops improving, and keep its best weights.
+    /// Stop the phase when the validation loss stops improving, and keep its best weights
+    /// (needs a validation split: nothing is chosen on the test split).
     pub early_stopping: Option<EarlyStopping>,
     /// How the lr moves over the phase, per step (see [`super::schedule`]); default constant.
     #[serde(default)]
@@ -89,7 +91,8 @@ pub struct Outcome {
     pub history: History,
 }
 
-/// Train `model` through `phases`. `on_epoch` sees each finished epoch (for live plots).
+/// Train `model` through `phases` without a validation split (see [`train_validated`]).
+/// `on_epoch` sees each finished epoch (for live plots).
 pub fn train(
     model: Classifier,
     train: Arc<ImageFolder>,
@@ -98,6 +101,34 @@ pub fn train(
     cfg: &TrainConfig,
     on_epoch: &mut dyn FnMut(&EpochRecord, &History),
 ) -> anyhow::Result<Outcome> {
+    train_validated(model, train, None, test, phases, cfg, on_epoch)
+}
+
+/// Early stopping needs a validation split: it never watches the test split. Checked again by
+/// [`train_validated`]; callers check first to fail before any work.
+pub fn check_validation_for(phases: &[PhaseConfig], has_validation: bool) -> anyhow::Result<()> {
+    if let (false, Some(p)) = (has_validation, phases.iter().find(|p| p.early_stopping.is_some())) {
+        anyhow::bail!(
+            "phase '{}' uses early stopping (--patience), which needs a validation split (--val-split F or a DIR/val/ folder): it never watches the test split",
+            p.name
+        );
+    }
+    Ok(())
+}
+
+/// Train `model` through `phases`. `val` is evaluated after every epoch and is what early
+/// stopping watches; `test` is evaluated too (d2l's per-epoch report) but never chosen on, so a
+/// phase with early stopping and no `val` is an error.
+pub fn train_validated(
+    model: Classifier,
+    train: Arc<ImageFolder>,
+    val: Option<Arc<ImageFolder>>,
+    test: Arc<ImageFolder>,
+    phases: &[PhaseConfig],
+    cfg: &TrainConfig,
+    on_epoch: &mut dyn FnMut(&EpochRecord, &History),
+) -> anyhow::Result<Outcome> {
+    check_validation_for(phases, val.is_some())?;
     if train.classes != model.class_names {
         anyhow::bail!("the data has classes {:?} but the model's head has {:?}", train.classes, model.class_names);
     }
@@ -107,7 +138,7 @@ pub fn train(
     }
     let mut state = resume(&model, cfg, files.as_ref())?;
     state.ensure(phases.len());
-    let data = Data { train, test, train_pipe: Arc::new(cfg.train_pipeline.clone()), test_pipe: Arc::new(cfg.test_pipeline.clone()) };
+    let data = Data { train, val, test, train_pipe: Arc::new(cfg.train_pipeline.clone()), test_pipe: Arc::new(cfg.test_pipeline.clone()) };
     let mut model = model;
     for (pi, phase) in phases.iter().enumerate() {
         if state.stopped_early[pi] || state.phase_epochs[pi] >= phase.epochs {
@@ -137,6 +168,7 @@ fn resume(model: &Classifier, cfg: &TrainConfig, files: Option<&RunFiles>) -> an
 
 struct Data {
     train: Arc<ImageFolder>,
+    val: Option<Arc<ImageFolder>>,
     test: Arc<ImageFolder>,
     train_pipe: Arc<Pipeline>,
     test_pipe: Arc<Pipeline>,
@@ -193,19 +225,26 @@ impl<'a> PhaseRun<'a> {
         };
         let (loss, train_acc, n, secs, lr) = train_epoch(model, &mut self.opt, phase, &data.train, &data.train_pipe, cfg, epoch, label)?;
         let (test_loss, test_acc) = evaluate(model, &data.test, &data.test_pipe, cfg.batch_size)?;
+        let val = match &data.val {
+            Some(v) => Some(evaluate(model, v, &data.test_pipe, cfg.batch_size)?),
+            None => None,
+        };
         let rec = EpochRecord {
             epoch,
             loss,
             train_acc,
             test_acc,
             test_loss,
+            val_loss: val.map(|v| v.0),
+            val_acc: val.map(|v| v.1),
             examples_per_sec: n as f64 / secs.max(1e-9),
             train_seconds: secs,
             phase: phase.name.clone(),
             lr,
         };
+        let val_text = val.map_or(String::new(), |(l, a)| format!(", val loss {l:.3}, val acc {a:.3}"));
         println!(
-            "epoch {epoch} [{}]: loss {loss:.3}, train acc {train_acc:.3}, test loss {test_loss:.3}, test acc {test_acc:.3}, {:.1} examples/sec",
+            "epoch {epoch} [{}]: loss {loss:.3}, train acc {train_acc:.3}{val_text}, test loss {test_loss:.3}, test acc {test_acc:.3}, {:.1} examples/sec",
             phase.name, rec.examples_per_sec
         );
         state.history.records.push(rec.clone());
@@ -213,16 +252,17 @@ impl<'a> PhaseRun<'a> {
         state.phase_epochs[pi] += 1;
         state.optimizer_phase = Some(pi);
         state.optimizer_steps = self.opt.steps;
-        let verdict = match &phase.early_stopping {
-            Some(es) => es.observe(&mut state.watch, test_loss, epoch),
-            None => Verdict::Wait,
+        // Checked in `train_validated`: early stopping only ever sees the validation loss.
+        let verdict = match (&phase.early_stopping, val) {
+            (Some(es), Some((val_loss, _))) => es.observe(&mut state.watch, val_loss, epoch),
+            _ => Verdict::Wait,
         };
         match verdict {
             Verdict::Improved => {
                 self.best = Some(snapshot(model)?);
             }
             Verdict::Stop => {
-                println!("early stopping: no test-loss improvement for {} epochs", phase.early_stopping.as_ref().map_or(0, |e| e.patience));
+                println!("early stopping: no validation-loss improvement for {} epochs", phase.early_stopping.as_ref().map_or(0, |e| e.patience));
                 state.stopped_early[pi] = true;
             }
             Verdict::Wait => {}
@@ -231,7 +271,11 @@ impl<'a> PhaseRun<'a> {
         if let (true, Some(_), Some(b)) = (phase_over, &phase.early_stopping, &self.best) {
             model.load_state(b, "best weights")?;
             state.history.best_epoch = state.watch.best_epoch;
-            println!("restored the best weights (epoch {})", state.watch.best_epoch.unwrap_or(0));
+            println!(
+                "restored the best weights (epoch {}, val loss {:.4})",
+                state.watch.best_epoch.unwrap_or(0),
+                state.watch.best_loss.unwrap_or(f64::NAN)
+            );
         }
         if let Some(f) = self.files {
             f.save(model, Some(self.opt.state()), self.best.as_ref(), &*state)?;

@@ -11,8 +11,14 @@ pub struct EpochRecord {
     pub loss: f64,
     pub train_acc: f64,
     pub test_acc: f64,
-    /// Mean loss per example on the test/validation split (early stopping watches it).
+    /// Mean loss per example on the test split (reported, never chosen on).
     pub test_loss: f64,
+    /// Mean loss per example on the validation split (early stopping watches it); `null`
+    /// without validation.
+    #[serde(default)]
+    pub val_loss: Option<f64>,
+    #[serde(default)]
+    pub val_acc: Option<f64>,
     /// Training examples per second (training batches only, as d2l times them).
     pub examples_per_sec: f64,
     pub train_seconds: f64,
