@@ -81,61 +81,8 @@ fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
-/// Walk the JPEG's marker segments up to EOI (FF D9). Bytes after EOI (a phone's appended
-/// motion-photo video, vendor trailers) are allowed; an EXIF thumbnail's own EOI sits inside
-/// the APP1 segment and is skipped with it.
+/// The walk of [`crate::data::decode::check_jpeg_complete`] (the same check the training data
+/// gets), as a 400 answer. Bytes after EOI (a phone's appended motion-photo video) are allowed.
 pub fn check_jpeg_complete(b: &[u8]) -> Result<(), ApiError> {
-    let truncated = |at: usize| {
-        ApiError::bad_request(format!(
-            "truncated JPEG: the data ends at byte {} before the end-of-image marker (FF D9); was the upload cut off?",
-            at
-        ))
-    };
-    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
-        return Err(ApiError::bad_request("not a JPEG: missing the start-of-image marker (FF D8)"));
-    }
-    let mut i = 2;
-    loop {
-        // Next marker: FF, optional FF fill bytes, then the code.
-        if i >= b.len() {
-            return Err(truncated(b.len()));
-        }
-        if b[i] != 0xFF {
-            return Err(ApiError::bad_request(format!("corrupt JPEG: expected a marker at byte {i}, found {:02x}", b[i])));
-        }
-        while i < b.len() && b[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&code) = b.get(i) else { return Err(truncated(b.len())) };
-        i += 1;
-        match code {
-            0xD9 => return Ok(()),
-            // Standalone markers: TEM, RSTn.
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        if i + 2 > b.len() {
-            return Err(truncated(b.len()));
-        }
-        let len = u16::from_be_bytes([b[i], b[i + 1]]) as usize;
-        if len < 2 {
-            return Err(ApiError::bad_request(format!("corrupt JPEG: segment length {len} at byte {i}")));
-        }
-        i += len;
-        if i > b.len() {
-            return Err(truncated(b.len()));
-        }
-        if code == 0xDA {
-            // Entropy-coded scan data: runs until a marker other than a stuffed FF 00 or RSTn.
-            loop {
-                let Some(p) = b[i..].iter().position(|&x| x == 0xFF) else { return Err(truncated(b.len())) };
-                i += p;
-                match b.get(i + 1) {
-                    None => return Err(truncated(b.len())),
-                    Some(0x00) | Some(0xD0..=0xD7) | Some(0xFF) => i += 1 + usize::from(b[i + 1] != 0xFF),
-                    Some(_) => break,
-                }
-            }
-        }
-    }
+    crate::data::decode::check_jpeg_complete(b).map_err(|e| ApiError::bad_request(format!("{e}: was the upload cut off?")))
 }
