@@ -19,10 +19,16 @@ pub struct Evaluation {
 /// Evaluate `model` on `ds` (named `split` in the report) with the backbone's test-time
 /// preprocessing at `image_size`.
 pub fn evaluate_split(model: &Classifier, ds: &Arc<ImageFolder>, split: &str, image_size: u32, batch_size: usize) -> anyhow::Result<Evaluation> {
+    evaluate_split_with(model, ds, split, &Pipeline::d2l_test(image_size, model.arch.normalization()), batch_size)
+}
+
+/// [`evaluate_split`] with a given test-time pipeline (a saved model's own size and
+/// normalization, from its [`crate::checkpoint::ModelCard`]).
+pub fn evaluate_split_with(model: &Classifier, ds: &Arc<ImageFolder>, split: &str, pipeline: &Pipeline, batch_size: usize) -> anyhow::Result<Evaluation> {
     if ds.classes != model.class_names {
         anyhow::bail!("{} has classes {:?} but the model's head has {:?}", crate::paths::shown(&ds.root), ds.classes, model.class_names);
     }
-    let pipeline = Arc::new(Pipeline::d2l_test(image_size, model.arch.normalization()));
+    let pipeline = Arc::new(pipeline.clone());
     let predictions = Predictions::collect(model, ds, &pipeline, batch_size)?;
     let metrics = Metrics::from_predictions(split, &predictions, &model.class_names)?;
     Ok(Evaluation { metrics, predictions })

@@ -4,7 +4,7 @@
 use crate::checkpoint::{card::now_rfc3339, load_pretrained, save_model_with_card, ModelCard, RunFiles, WeightsSource};
 use crate::data::image_folder::load_train_test_limited;
 use crate::data::ImageFolder;
-use crate::evaluation::{evaluate_split, write_report, Evaluation};
+use crate::evaluation::{evaluate_split_with, write_report, Evaluation};
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
 use crate::train::{train_validated, History, PhaseConfig, TrainConfig};
 use crate::transforms::Pipeline;
@@ -116,7 +116,13 @@ pub fn load_data_with_validation(
             "--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it",
             v.root.display()
         ),
-        (Some(v), None) => (train, Some(v)),
+        (Some(v), None) => {
+            // An empty class would make the validation loss meaningless (0 for an empty set).
+            if let Some((c, _)) = v.classes.iter().zip(v.class_counts()).find(|(_, n)| *n == 0) {
+                anyhow::bail!("{} has no images of class '{c}': every class needs validation photos", v.root.display());
+            }
+            (train, Some(v))
+        }
         (None, Some(f)) => {
             let (t, v) = crate::data::carve_validation(&train, f, seed)?;
             eprintln!("validation: {} photos held out of train ({f} of each class, seed {seed}), {} left to train on", v.len(), t.len());
@@ -162,6 +168,10 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
     let (train_data, val_data, test_data) = load_data_with_validation(&exp.data, exp.val_split, exp.seed, exp.limit_per_class)?;
     let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
     let model = build_model(&opts, &init, &exp.device, exp.cache_dir.as_deref())?;
+    // --overwrite: the old run goes only now that the new one's data and model have loaded.
+    if let (true, Some(out)) = (exp.overwrite, &exp.out) {
+        crate::checkpoint::out_folder::clear(out)?;
+    }
     let norm = exp.arch.normalization();
     let train_pipeline = match exp.augment {
         Augment::D2l => Pipeline::d2l_train(exp.image_size, norm),
@@ -197,7 +207,7 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
     };
     let outcome = train_validated(model, train_data.clone(), val_data.clone(), test_data.clone(), &exp.phases, &cfg, &mut on_epoch)?;
     // The test split is touched once more, by the model that was kept.
-    let test = evaluate_split(&outcome.model, &test_data, "test", exp.image_size, exp.batch_size)?;
+    let test = evaluate_split_with(&outcome.model, &test_data, "test", &Pipeline::d2l_test(exp.image_size, norm), exp.batch_size)?;
     if let Some(o) = &exp.out {
         outcome.history.save_json(&o.join("history.json"))?;
         crate::plot::save_curves(&outcome.history, &exp.title, &o.join("curves.png"), &o.join("curves.svg"))?;

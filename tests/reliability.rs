@@ -140,10 +140,46 @@ fn a_finished_run_is_kept_unless_resume_or_overwrite() {
         assert!(!o.status.success() && t.contains("holds a finished run") && t.contains("--overwrite"), "{extra:?}: {t}");
         assert_eq!(tensors(&out.path().join("model.safetensors")), model, "{extra:?} replaced the model");
     }
+    // --overwrite with a data folder that fails to load: the old run is still there.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(broken.path().join("train/red")).unwrap();
+    std::fs::create_dir_all(broken.path().join("train/blue")).unwrap();
+    let o = finetune(&train_args(s(broken.path()), s(out.path()), &["--epochs", "1", "--overwrite"]), &[]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(tensors(&out.path().join("model.safetensors")), model, "a failed --overwrite removed the old model");
     let o = finetune(&train_args(d, s(out.path()), &["--epochs", "1", "--seed", "3", "--overwrite"]), &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert_ne!(tensors(&out.path().join("model.safetensors")), model, "--overwrite kept the old model");
     assert_clean_checkpoint(out.path());
+}
+
+/// `--resume` continues the same run: other photos (a changed `--val-split`, `--seed` or
+/// `--limit-per-class` would move held-out photos into training), another batch size or
+/// another schedule are refused; more epochs of a constant schedule are fine.
+#[test]
+fn resume_refuses_other_data_batch_or_schedule() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 6, 1);
+    let d = s(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let o = finetune(&train_args(d, s(out.path()), &["--epochs", "1", "--val-split", "0.5"]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (extra, what) in [
+        (&["--epochs", "2", "--val-split", "0.34", "--resume"][..], "validation photos"),
+        (&["--epochs", "2", "--val-split", "0.5", "--seed", "1", "--resume"], "validation photos"),
+        (&["--epochs", "2", "--val-split", "0.5", "--limit-per-class", "4", "--resume"], "validation photos"),
+        (&["--epochs", "2", "--val-split", "0.5", "--schedule", "cosine", "--resume"], "the schedule"),
+    ] {
+        let o = finetune(&train_args(d, s(out.path()), extra), &[]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains("--resume: ") && t.contains(what), "{extra:?}: {t}");
+    }
+    let other_batch = ["scratch", "--data", d, "--out", s(out.path()), "--image-size", "32", "--batch-size", "2", "--quiet", "--epochs", "2", "--val-split", "0.5", "--resume"];
+    let o = finetune(&other_batch, &[]);
+    assert!(!o.status.success() && text(&o).contains("--resume: --batch-size"), "{}", text(&o));
+    let o = finetune(&train_args(d, s(out.path()), &["--epochs", "2", "--val-split", "0.5", "--resume"]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(history(out.path()).len(), 2);
 }
 
 #[test]

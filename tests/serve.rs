@@ -379,3 +379,35 @@ fn cli_serve_answers_then_sigterm_finishes_the_request_in_flight() {
     let rest: Vec<String> = stderr.map(|l| l.unwrap()).collect();
     assert!(rest.iter().any(|l| l.contains("signal received")) && rest.iter().any(|l| l.starts_with("stopped")), "{rest:?}");
 }
+
+/// Every serve flag is checked before the model loads (the queue's slots are reserved up
+/// front: a huge `--queue-depth` used to abort), and so is the image size the model file holds.
+#[test]
+fn cli_serve_refuses_bad_numbers_before_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_file(dir.path());
+    for (flags, want) in [
+        (&["--queue-depth", "0"][..], "--queue-depth must be between 1 and 65536 (got 0)"),
+        (&["--queue-depth", "1000000000"], "--queue-depth must be between 1 and 65536"),
+        (&["--max-batch", "100", "--queue-depth", "8"], "--max-batch must be between 1 and 8 (got 100)"),
+        (&["--top-k", "0"], "--top-k must be at least 1"),
+        (&["--max-bytes", "0"], "--max-bytes must be between 1 and"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_finetune"))
+            .args(["serve", "--weights", "missing.safetensors"])
+            .args(flags)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && t.contains(want) && !t.contains("missing.safetensors"), "{flags:?}: {t}");
+    }
+    // A model file claiming a 100,000 px input is refused by the memory estimate, not allocated.
+    let (classifier, mut card) = load(&model);
+    card.image_size = Some(100_000);
+    let big = dir.path().join("big.safetensors");
+    save_model_with_card(&classifier, &card, &big).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_finetune")).args(["serve", "--weights", big.to_str().unwrap()]).output().unwrap();
+    let t = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && t.contains("the image size stored in") && t.contains("GB"), "{t}");
+}

@@ -22,19 +22,20 @@ if [ -z "${BIN:-}" ]; then
 fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
 [ -f "$W" ] || bash tools/fetch-weights.sh
-common=("${data[@]}" --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)
+common=(${data[@]+"${data[@]}"} --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)
 run() {
   local name=$1; shift
   mkdir -p "runs/$name"
   echo "== $name: $*"
   local t0=$SECONDS
-  "$BIN" "$@" --out "runs/$name" 2>&1 | tee "runs/$name/log.txt"
+  # --overwrite: a rerun replaces the earlier run of the same name (the CLI refuses otherwise).
+  "$BIN" "$@" --out "runs/$name" --overwrite 2>&1 | tee "runs/$name/log.txt"
   echo "wall time $((SECONDS - t0)) s" | tee -a "runs/$name/log.txt"
 }
 for exp in "${@:-finetune scratch freeze two-phase}"; do
   for e in $exp; do
     case $e in
-      zero-shot) mkdir -p runs/zero-shot; "$BIN" zero-shot "${data[@]}" --device "$DEVICE" --weights "$W" 2>&1 | tee runs/zero-shot/log.txt ;;
+      zero-shot) mkdir -p runs/zero-shot; "$BIN" zero-shot ${data[@]+"${data[@]}"} --device "$DEVICE" --weights "$W" 2>&1 | tee runs/zero-shot/log.txt ;;
       finetune) run lite0-finetune finetune "${common[@]}" --weights "$W" --epochs 5 ;;
       finetune-hotdog-head) run lite0-finetune-hotdog-head finetune "${common[@]}" --weights "$W" --epochs 5 --head-init hotdog ;;
       scratch) run lite0-scratch scratch "${common[@]}" --epochs 5 ;;

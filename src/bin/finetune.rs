@@ -612,6 +612,20 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     if a.steps < 5 {
         bail!("--steps must be at least 5 (got {})", a.steps);
     }
+    limits::positive("--start-lr", a.start_lr)?;
+    limits::positive("--end-lr", a.end_lr)?;
+    if a.start_lr >= a.end_lr {
+        bail!("--start-lr {} must be below --end-lr {}", a.start_lr, a.end_lr);
+    }
+    if let Some(m) = a.head_lr_mult {
+        limits::positive("--head-lr-mult", m)?;
+    }
+    if let Some(n) = c.limit_per_class {
+        limits::at_least_one("--limit-per-class", n)?;
+    }
+    if c.resume || c.overwrite {
+        bail!("lr-find writes only OUT/lr-find.{{png,json}} and trains nothing to keep: --resume and --overwrite do not apply");
+    }
     let (phase, name) = match a.recipe {
         LrRecipe::Finetune => (recipes::d2l_finetune(1), "finetune"),
         LrRecipe::Scratch => (recipes::d2l_scratch(1), "scratch"),
@@ -670,10 +684,12 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     limits::batch_and_size(a.batch_size, a.image_size.unwrap_or(224), false)?;
     let (model, card) = load_model_with_card(&WeightsSource::parse(&a.weights), a.backbone, &device, hub_cache(&a.cache_dir).as_deref())?;
     let image_size = a.image_size.unwrap_or(card.image_size_or_default());
+    limits::batch_and_size(a.batch_size, image_size, false).with_context(|| format!("the image size of {}", a.weights))?;
     let dir = data_dir(&a.data, &a.cache_dir)?;
     let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
     eprintln!("{}", ds.summary());
-    let ev = transfer_workbook::evaluation::evaluate_split(&model, &ds, &a.split, image_size, a.batch_size)?;
+    let pipeline = Pipeline::d2l_test(image_size, card.normalization_for(model.arch));
+    let ev = transfer_workbook::evaluation::evaluate_split_with(&model, &ds, &a.split, &pipeline, a.batch_size)?;
     let title = format!("{}: {} on {}", a.weights, model.arch, a.split);
     transfer_workbook::evaluation::write_report(&ev, &ds, &title, &a.out)?;
     eprintln!("wrote {}/{{metrics.json, confusion.png, top-losses.png}}", a.out.display());

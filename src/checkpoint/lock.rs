@@ -60,6 +60,11 @@ impl RunLock {
                         }
                         Err(_) => eprintln!("warning: taking over the unreadable lock file {}", path.display()),
                     }
+                    // Remove it only if it is still the stale one: another run may have taken it over
+                    // since it was read (this narrows that window; it does not close it).
+                    if std::fs::read_to_string(&path).unwrap_or_default() != text {
+                        continue;
+                    }
                     std::fs::remove_file(&path).with_context(|| format!("removing the stale lock {}", path.display()))?;
                 }
                 Err(e) => return Err(e).with_context(|| format!("creating the lock file {}", path.display())),

@@ -8,12 +8,13 @@ use anyhow::{bail, Context};
 use std::path::Path;
 
 /// The outputs a training run writes in its folder.
-pub const RUN_OUTPUTS: [&str; 4] = ["model.safetensors", "history.json", "curves.png", "curves.svg"];
+pub const RUN_OUTPUTS: [&str; 7] = ["model.safetensors", "history.json", "curves.png", "curves.svg", "metrics.json", "confusion.png", "top-losses.png"];
 
 /// Lock `out` for this run and check it: a folder holding a finished run (`model.safetensors`
 /// or `history.json`) or an interrupted one (a checkpoint) is refused unless `resume` (continue
-/// it) or `overwrite` (its outputs and checkpoint are removed first). The lock is held until
-/// the returned value is dropped.
+/// it) or `overwrite` (then call [`clear`] once the new run's data and model have loaded, so a
+/// bad data folder does not cost the old run). The lock is held until the returned value is
+/// dropped.
 pub fn prepare(out: &Path, resume: bool, overwrite: bool) -> anyhow::Result<RunLock> {
     if resume && overwrite {
         bail!("--resume continues the run in {} and --overwrite replaces it: pass one of them", out.display());
@@ -22,14 +23,7 @@ pub fn prepare(out: &Path, resume: bool, overwrite: bool) -> anyhow::Result<RunL
     let files = RunFiles::under(out);
     let found: Vec<&str> = RUN_OUTPUTS.iter().copied().filter(|f| out.join(f).is_file()).collect();
     let checkpoint = files.state().is_file();
-    if overwrite {
-        for f in &found {
-            std::fs::remove_file(out.join(f)).with_context(|| format!("removing {}", out.join(f).display()))?;
-        }
-        if files.dir.is_dir() {
-            std::fs::remove_dir_all(&files.dir).with_context(|| format!("removing {}", files.dir.display()))?;
-        }
-    } else if !resume && (checkpoint || found.iter().any(|f| *f == "model.safetensors" || *f == "history.json")) {
+    if !overwrite && !resume && (checkpoint || found.iter().any(|f| *f == "model.safetensors" || *f == "history.json")) {
         let what = if found.contains(&"model.safetensors") { "a finished run" } else { "an interrupted run" };
         bail!(
             "{} holds {what} ({}): pass --resume to continue it, --overwrite to replace it, or another --out",
@@ -38,4 +32,16 @@ pub fn prepare(out: &Path, resume: bool, overwrite: bool) -> anyhow::Result<RunL
         );
     }
     Ok(lock)
+}
+
+/// Remove what an earlier run left in `out` (its outputs and checkpoint; not the lock).
+pub fn clear(out: &Path) -> anyhow::Result<()> {
+    for f in RUN_OUTPUTS.iter().map(|f| out.join(f)).filter(|p| p.is_file()) {
+        std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+    }
+    let files = RunFiles::under(out);
+    if files.dir.is_dir() {
+        std::fs::remove_dir_all(&files.dir).with_context(|| format!("removing {}", files.dir.display()))?;
+    }
+    Ok(())
 }

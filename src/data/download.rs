@@ -130,6 +130,13 @@ pub fn download_extract(url: &str, sha1: &str, cache_dir: &Path) -> anyhow::Resu
             bail!("{} did not contain a top-level '{stem}/' folder", zip_path.display());
         }
         if target.exists() {
+            // Markers of what was there before (another zip's SHA-1) go with it.
+            for e in std::fs::read_dir(cache_dir)?.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with(&format!(".{stem}.")) && n.ends_with(".extracted") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
             std::fs::remove_dir_all(&target).with_context(|| format!("removing the stale {}", target.display()))?;
         }
         std::fs::rename(tmp.join(&stem), &target).with_context(|| format!("moving the data to {}", target.display()))?;

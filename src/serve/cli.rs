@@ -3,6 +3,8 @@
 use super::{DecodeLimits, ServeConfig};
 use crate::checkpoint::{load_model_with_card, WeightsSource};
 use crate::models::Arch;
+use crate::train::limits;
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -59,6 +61,22 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The server's configuration; `gpu` decides `--batching auto`.
+    /// Every number checked before anything loads (the queue's slots are reserved up front).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let within = |flag: &str, v: usize, lo: usize, hi: usize| -> anyhow::Result<()> {
+            if v < lo || v > hi {
+                anyhow::bail!("{flag} must be between {lo} and {hi} (got {v})");
+            }
+            Ok(())
+        };
+        within("--queue-depth", self.queue_depth, 1, 65_536)?;
+        within("--max-batch", self.max_batch, 1, self.queue_depth.max(1))?;
+        within("--batch-wait-ms", self.batch_wait_ms as usize, 0, 10_000)?;
+        within("--max-bytes", self.max_bytes, 1, 1 << 30)?;
+        within("--max-image-side", self.max_image_side as usize, 32, 100_000)?;
+        limits::at_least_one("--top-k", self.top_k)
+    }
+
     pub fn config(&self, gpu: bool) -> ServeConfig {
         let path = PathBuf::from(&self.weights);
         // "quick-freeze/model.safetensors" tells runs apart better than "model.safetensors".
@@ -87,9 +105,14 @@ impl ServeArgs {
 
     /// Load the model and serve it until Ctrl-C or SIGTERM.
     pub fn run(self) -> anyhow::Result<()> {
+        self.check()?;
         let device = crate::device::parse_device(&self.device)?;
         let source = WeightsSource::parse(&self.weights);
-        let (model, card) = load_model_with_card(&source, self.backbone, &device, self.cache_dir.as_deref())?;
+        // The hub cache is DIR/hub, as for every other command.
+        let hub = self.cache_dir.as_ref().map(|c| c.join("hub"));
+        let (model, card) = load_model_with_card(&source, self.backbone, &device, hub.as_deref())?;
+        // The file's image size decides every request's allocation: check it like a flag.
+        limits::batch_and_size(self.max_batch, card.image_size_or_default(), false).with_context(|| format!("the image size stored in {}", self.weights))?;
         let config = self.config(!device.is_cpu());
         super::run(model, &card, config)
     }

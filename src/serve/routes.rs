@@ -116,11 +116,7 @@ pub struct PredictResponse {
 async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<PredictResponse>, ApiError> {
     let t0 = Instant::now();
     let (parts, body) = req.into_parts();
-    let Ok(_admitted) = s.admission.try_acquire() else {
-        s.batcher.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        drain(body).await;
-        return Err(busy(s.batcher.config.capacity));
-    };
+    // Token, size and type first: a request refused for them never holds a queue slot.
     let (top_k, multipart) = match check_request(&s, &parts) {
         Ok(c) => c,
         Err(e) => {
@@ -130,6 +126,11 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<Pr
             drain(body).await;
             return Err(e);
         }
+    };
+    let Ok(_admitted) = s.admission.try_acquire() else {
+        s.batcher.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        drain(body).await;
+        return Err(busy(s.batcher.config.capacity));
     };
     let bytes = read_limited(body, s.max_bytes).await?;
     let bytes = if multipart { multipart_file(Request::from_parts(parts, Body::from(bytes))).await? } else { bytes };

@@ -77,6 +77,55 @@ struct ResumeState {
     #[serde(flatten)]
     watch: Watch,
     history: History,
+    /// What the run was started with; a resume with other data or steps is refused.
+    #[serde(default)]
+    settings: Option<RunSettings>,
+}
+
+/// The settings a resumed run must share with the run it continues: the same photos in each
+/// split (so `--val-split`, `--seed` and `--limit-per-class` cannot move a held-out photo into
+/// training), the same batch size (steps), and for scheduled phases the same length.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct RunSettings {
+    batch_size: usize,
+    /// SHA-256 of the training photos' paths, in order; the same for the validation photos.
+    train_files: String,
+    val_files: Option<String>,
+    /// Per phase: schedule, warmup epochs, and the epochs a non-constant schedule spans.
+    phases: Vec<(Schedule, usize, Option<usize>)>,
+}
+
+impl RunSettings {
+    fn of(cfg: &TrainConfig, train: &ImageFolder, val: Option<&ImageFolder>, phases: &[PhaseConfig]) -> Self {
+        let digest = |ds: &ImageFolder| {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for (p, l) in ds.paths.iter().zip(&ds.labels) {
+                h.update(p.to_string_lossy().as_bytes());
+                h.update(l.to_le_bytes());
+            }
+            hex::encode(h.finalize())
+        };
+        RunSettings {
+            batch_size: cfg.batch_size,
+            train_files: digest(train),
+            val_files: val.map(digest),
+            phases: phases.iter().map(|p| (p.schedule, p.warmup_epochs, (p.schedule != Schedule::Constant).then_some(p.epochs))).collect(),
+        }
+    }
+
+    /// Which setting differs from the saved run's, if any.
+    fn mismatch(&self, saved: &RunSettings) -> Option<&'static str> {
+        if self.batch_size != saved.batch_size {
+            Some("--batch-size")
+        } else if self.train_files != saved.train_files || self.val_files != saved.val_files {
+            Some("the training or validation photos (--data, --val-split, --seed or --limit-per-class)")
+        } else if self.phases != saved.phases {
+            Some("the schedule (--schedule, --warmup-epochs, or the epochs of a scheduled phase)")
+        } else {
+            None
+        }
+    }
 }
 
 impl ResumeState {
@@ -137,6 +186,15 @@ pub fn train_validated(
         f.create()?;
     }
     let mut state = resume(&model, cfg, files.as_ref())?;
+    let settings = RunSettings::of(cfg, &train, val.as_deref(), phases);
+    match &state.settings {
+        Some(saved) => {
+            if let Some(what) = settings.mismatch(saved) {
+                anyhow::bail!("--resume: {what} differ from the run being resumed; pass the same settings, or --overwrite to start over");
+            }
+        }
+        None => state.settings = Some(settings),
+    }
     state.ensure(phases.len());
     let data = Data { train, val, test, train_pipe: Arc::new(cfg.train_pipeline.clone()), test_pipe: Arc::new(cfg.test_pipeline.clone()) };
     let mut model = model;
