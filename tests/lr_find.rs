@@ -76,5 +76,5 @@ fn cli_lr_find_writes_plot_and_json_and_prints_the_rule() {
         .args(["lr-find", "--recipe", "scratch", "--data", data.path().to_str().unwrap(), "--start-lr", "1", "--end-lr", "0.1", "--image-size", "32", "--quiet"])
         .output()
         .unwrap();
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("start lr"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("--start-lr 1 must be below --end-lr 0.1"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
