@@ -56,12 +56,26 @@ impl WebDriver {
             // A phone-sized window; no sandbox (CI runs as root); no GPU on the CI machine.
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=480,1000"]
         }}}});
-        let v = wd.call("POST", "/session", Some(caps));
-        wd.session = Some(v["sessionId"].as_str().expect("no session id").to_string());
-        wd
+        // Chromium's start can fail on a loaded machine (seen once in 6 runs while a build ran):
+        // try three times before calling it a failure.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match wd.try_call("POST", "/session", Some(caps.clone())) {
+                Ok(v) => {
+                    wd.session = Some(v["sessionId"].as_str().expect("no session id").to_string());
+                    return wd;
+                }
+                Err(e) => {
+                    eprintln!("WebDriver session not created, retrying: {e}");
+                    last = e;
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+        panic!("WebDriver could not start a Chromium session in 3 tries: {last}");
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = format!("{}{}", self.base, path);
         let req = ureq::request(method, &url).timeout(Duration::from_secs(60));
         let res = match body {
@@ -69,10 +83,14 @@ impl WebDriver {
             None => req.call(),
         };
         match res {
-            Ok(r) => r.into_json::<Value>().unwrap()["value"].clone(),
-            Err(ureq::Error::Status(code, r)) => panic!("WebDriver {method} {path}: {code} {}", r.into_string().unwrap_or_default()),
-            Err(e) => panic!("WebDriver {method} {path}: {e}"),
+            Ok(r) => Ok(r.into_json::<Value>().map_err(|e| e.to_string())?["value"].clone()),
+            Err(ureq::Error::Status(code, r)) => Err(format!("WebDriver {method} {path}: {code} {}", r.into_string().unwrap_or_default())),
+            Err(e) => Err(format!("WebDriver {method} {path}: {e}")),
         }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn session(&self, method: &str, path: &str, body: Option<Value>) -> Value {
