@@ -9,23 +9,13 @@ use transfer_workbook::data::ImageFolder;
 use transfer_workbook::experiment::load_data;
 use transfer_workbook::models::{Arch, Classifier, ModelOptions};
 use transfer_workbook::train::{recipes, train, OptimizerKind, PhaseConfig, Schedule, TrainConfig};
-use transfer_workbook::transforms::{Normalization, Pipeline};
 
 fn model(classes: Vec<String>) -> Classifier {
     Classifier::scratch(&ModelOptions { seed: 5, ..ModelOptions::new(Arch::ResNet18, classes) }, &Device::Cpu).unwrap()
 }
 
 fn config(out: Option<std::path::PathBuf>, resume: bool) -> TrainConfig {
-    TrainConfig {
-        batch_size: 16,
-        seed: 1,
-        train_pipeline: Pipeline::d2l_train(32, Normalization::imagenet()),
-        test_pipeline: Pipeline::d2l_test(32, Normalization::imagenet()),
-        checkpoint_dir: out,
-        resume,
-        progress: false,
-        device_label: "cpu".into(),
-    }
+    support::small_train_config(out, resume)
 }
 
 fn data(dir: &std::path::Path) -> (Arc<ImageFolder>, Arc<ImageFolder>) {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};
 use transfer_workbook::experiment::load_data;
 use transfer_workbook::train::{recipes, train, train_validated, OptimizerKind, ParamGroup, PhaseConfig, Reduction, TrainConfig};
-use transfer_workbook::transforms::{Normalization, Pipeline};
 
 fn var(v: &[f32]) -> Var {
     Var::from_vec(v.to_vec(), v.len(), &Device::Cpu).unwrap()
@@ -92,16 +91,7 @@ fn data_and_model(dir: &std::path::Path, freeze: Freeze) -> (Arc<transfer_workbo
 }
 
 fn run_config(out: Option<std::path::PathBuf>, resume: bool) -> TrainConfig {
-    TrainConfig {
-        batch_size: 16,
-        seed: 1,
-        train_pipeline: Pipeline::d2l_train(32, Normalization::imagenet()),
-        test_pipeline: Pipeline::d2l_test(32, Normalization::imagenet()),
-        checkpoint_dir: out,
-        resume,
-        progress: false,
-        device_label: "cpu".into(),
-    }
+    support::small_train_config(out, resume)
 }
 
 fn adam_phase(epochs: usize, freeze: Freeze, bn_mode: BnMode) -> PhaseConfig {

@@ -27,3 +27,19 @@ pub fn write_color_dataset(root: &Path, per_class_train: usize, per_class_test: 
         }
     }
 }
+
+/// The training settings the loop tests share: batch 16, seed 1, d2l's augmentation at 32 px.
+#[allow(dead_code)]
+pub fn small_train_config(out: Option<std::path::PathBuf>, resume: bool) -> transfer_workbook::train::TrainConfig {
+    use transfer_workbook::transforms::{Normalization, Pipeline};
+    transfer_workbook::train::TrainConfig {
+        batch_size: 16,
+        seed: 1,
+        train_pipeline: Pipeline::d2l_train(32, Normalization::imagenet()),
+        test_pipeline: Pipeline::d2l_test(32, Normalization::imagenet()),
+        checkpoint_dir: out,
+        resume,
+        progress: false,
+        device_label: "cpu".into(),
+    }
+}
