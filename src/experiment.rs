@@ -76,6 +76,18 @@ pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<
     Ok((train, test))
 }
 
+/// Check where validation photos would come from, before anything is read: `val_split` must
+/// lie in (0, 1) and cannot be given beside a `DIR/val/` folder. Returns whether the run has
+/// validation photos (the folder, or a split carved from train).
+pub fn check_validation_source(dir: &std::path::Path, val_split: Option<f64>) -> anyhow::Result<bool> {
+    let val_dir = dir.join("val");
+    match (val_split, val_dir.is_dir()) {
+        (Some(f), true) => anyhow::bail!("--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it", val_dir.display()),
+        (Some(f), false) => crate::data::check_val_fraction(f).map(|_| true),
+        (None, has_folder) => Ok(has_folder),
+    }
+}
+
 /// Train, validation and test: validation from `DIR/val/` when it exists, else carved from
 /// train with `val_split` (seeded, stratified), else none; the first `limit` images per class
 /// are kept before the carving. `val_split` together with `DIR/val/` is an error.
@@ -86,9 +98,7 @@ pub fn load_data_with_validation(
     seed: u64,
     limit: Option<usize>,
 ) -> anyhow::Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>, Arc<ImageFolder>)> {
-    if let Some(f) = val_split {
-        crate::data::check_val_fraction(f)?;
-    }
+    check_validation_source(dir, val_split)?;
     // The first `limit` files per class are picked before anything is decoded.
     let (train, test) = load_train_test_limited(dir, limit)?;
     let val_dir = dir.join("val");
@@ -111,12 +121,9 @@ pub fn load_data_with_validation(
             train.classes
         );
     }
+    // (A `val_split` beside `DIR/val/` was refused above.)
     let (train, val) = match (val, val_split) {
-        (Some(v), Some(f)) => anyhow::bail!(
-            "--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it",
-            v.root.display()
-        ),
-        (Some(v), None) => {
+        (Some(v), _) => {
             // An empty class would make the validation loss meaningless (0 for an empty set).
             if let Some((c, _)) = v.classes.iter().zip(v.class_counts()).find(|(_, n)| *n == 0) {
                 anyhow::bail!("{} has no images of class '{c}': every class needs validation photos", v.root.display());
@@ -144,15 +151,9 @@ pub fn build_model(opts: &ModelOptions, init: &ModelInit, device: &Device, cache
 
 /// Run an experiment: load data, build the model, train all phases, write the outputs.
 pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
-    if let Some(f) = exp.val_split {
-        crate::data::check_val_fraction(f)?;
-    }
     // Flag conflicts fail before the output folder is touched.
-    let val_dir = exp.data.join("val");
-    if let (Some(f), true) = (exp.val_split, val_dir.is_dir()) {
-        anyhow::bail!("--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it", val_dir.display());
-    }
-    crate::train::fit::check_validation_for(&exp.phases, exp.val_split.is_some() || val_dir.is_dir())?;
+    let has_validation = check_validation_source(&exp.data, exp.val_split)?;
+    crate::train::fit::check_validation_for(&exp.phases, has_validation)?;
     // Fetch or find the weights first: a wrong path should not wait for a thousand decodes.
     let init = match &exp.init {
         ModelInit::Pretrained(src) => ModelInit::Pretrained(WeightsSource::File(src.resolve(exp.cache_dir.as_deref())?)),
