@@ -8,6 +8,10 @@ use super::cpu_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// Elements per parallel task: large enough that the inner loop runs vectorised, small
+/// enough to spread a layer's activations over the threads.
+const CHUNK: usize = 1 << 14;
+
 /// `max(x, 0)`; the gradient passes where the output is positive (PyTorch's rule: none at 0).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
@@ -40,7 +44,15 @@ impl CustomOp1 for Clip {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_f32(s, l, self.name)?;
         let hi = self.hi;
-        let y = x.par_iter().map(|&v| if v < 0.0 { 0.0 } else if v > hi { hi } else { v }).collect();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(ys, xs)| {
+            for (o, &v) in ys.iter_mut().zip(xs) {
+                // Two selects, not an if/else-if chain: the chain compiled to scalar
+                // compares and branches (ReLU was 14% of a ResNet-18 step); selects vectorise.
+                let lo = if v < 0.0 { 0.0 } else { v };
+                *o = if lo > hi { hi } else { lo };
+            }
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -64,7 +76,13 @@ impl CustomOp2 for ClipGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (cpu_f32(s1, l1, self.name)?, cpu_f32(s2, l2, self.name)?);
         let hi = self.hi;
-        let out = y.par_iter().zip(g).map(|(&y, &g)| if y > 0.0 && y < hi { g } else { 0.0 }).collect();
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(os, (ys, gs))| {
+            for ((o, &y), &g) in os.iter_mut().zip(ys).zip(gs) {
+                let pass = (y > 0.0) & (y < hi);
+                *o = if pass { g } else { 0.0 };
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

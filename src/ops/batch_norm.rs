@@ -20,6 +20,50 @@ fn planes(data: &[f32], n: usize, c_count: usize, hw: usize, c: usize) -> impl I
     (0..n).map(move |b| &data[(b * c_count + c) * hw..(b * c_count + c + 1) * hw])
 }
 
+/// Lanes of the reductions below: independent accumulators the compiler keeps in vector
+/// registers. A plain `iter().sum()` is one dependency chain (float addition is not
+/// associative, so it is not vectorised): one add per FP-add latency, which made the
+/// statistics and gradient sums ~14% of a ResNet-18 training step (`perf`, batch 32). The
+/// order is still fixed (lane `i` takes elements `i, i + 16, ...`, lanes summed in order),
+/// so results do not depend on the thread count.
+const LANES: usize = 16;
+
+/// `Σ f(v)` over a plane, in f64.
+#[inline(always)]
+fn lane_sum(p: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let chunks = p.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for ch in chunks {
+        for i in 0..LANES {
+            acc[i] += f(ch[i]);
+        }
+    }
+    for (i, &v) in tail.iter().enumerate() {
+        acc[i] += f(v);
+    }
+    acc.iter().sum()
+}
+
+/// `(Σ g, Σ g (x - mean))` over a plane, accumulated in f32 lanes, returned in f64.
+#[inline(always)]
+fn lane_grad_sums(xp: &[f32], gp: &[f32], mean: f32) -> (f64, f64) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let (xc, gc) = (xp.chunks_exact(LANES), gp.chunks_exact(LANES));
+    let (xt, gt) = (xc.remainder(), gc.remainder());
+    for (xs, gs) in xc.zip(gc) {
+        for i in 0..LANES {
+            a[i] += gs[i];
+            b[i] += gs[i] * (xs[i] - mean);
+        }
+    }
+    for (i, (&xv, &gv)) in xt.iter().zip(gt).enumerate() {
+        a[i] += gv;
+        b[i] += gv * (xv - mean);
+    }
+    (a.iter().map(|&v| v as f64).sum(), b.iter().map(|&v| v as f64).sum())
+}
+
 struct Dims {
     n: usize,
     c: usize,
@@ -46,9 +90,9 @@ impl CustomOp1 for ChannelStats {
         let stats: Vec<(f32, f32)> = (0..d.c)
             .into_par_iter()
             .map(|c| {
-                let sum: f64 = planes(x, d.n, d.c, d.hw, c).map(|p| p.iter().map(|&v| v as f64).sum::<f64>()).sum();
+                let sum: f64 = planes(x, d.n, d.c, d.hw, c).map(|p| lane_sum(p, |v| v as f64)).sum();
                 let mean = sum / m;
-                let sq: f64 = planes(x, d.n, d.c, d.hw, c).map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()).sum();
+                let sq: f64 = planes(x, d.n, d.c, d.hw, c).map(|p| lane_sum(p, |v| (v as f64 - mean).powi(2))).sum();
                 (mean as f32, (sq / m) as f32)
             })
             .collect();
@@ -131,13 +175,9 @@ impl CustomOp2 for GradSums {
             .map(|c| {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for (xp, gp) in planes(x, d.n, d.c, d.hw, c).zip(planes(g, d.n, d.c, d.hw, c)) {
-                    let (mut a, mut b) = (0f32, 0f32);
-                    for (xv, gv) in xp.iter().zip(gp) {
-                        a += gv;
-                        b += gv * (xv - self.mean[c]);
-                    }
-                    sg += a as f64;
-                    sgx += b as f64;
+                    let (a, b) = lane_grad_sums(xp, gp, self.mean[c]);
+                    sg += a;
+                    sgx += b;
                 }
                 (sg as f32, (sgx * self.inv_std[c] as f64) as f32)
             })
