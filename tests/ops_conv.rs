@@ -87,6 +87,12 @@ const CASES: &[Case] = &[
     // Big enough for several GEMM depth blocks (C*k*k = 1152) and for gemm's own threading.
     case(3, 128, 96, 14, 14, 3, 1, 1),
     case(8, 64, 32, 15, 15, 3, 2, 1),
+    // Few output pixels: several images side by side in one GEMM (groups of 2, the last one
+    // short), for a 3x3, a pointwise and a strided 1x1 convolution.
+    case(9, 6, 5, 7, 6, 3, 1, 1),
+    case(9, 8, 6, 5, 5, 1, 1, 0),
+    case(8, 5, 7, 9, 9, 1, 2, 0),
+    case(12, 4, 3, 8, 8, 7, 2, 3),
 ];
 
 #[test]
@@ -132,28 +138,30 @@ fn naive_conv(t: &Case, x: &[f64], w: &[f64]) -> Vec<f64> {
 
 #[test]
 fn matches_finite_differences() {
-    let t = case(2, 2, 3, 5, 6, 3, 2, 1);
-    let (x, w, r) = data(&t, 99);
-    let (y, dx, dw) = ours(&t, &x, &w, &r);
-    let (xf, wf, rf) = (flat(&x), flat(&w), flat(&r));
-    let loss = |x: &[f64], w: &[f64]| naive_conv(&t, x, w).iter().zip(&rf).map(|(a, b)| a * b).sum::<f64>();
-    let eps = 1e-4;
-    let fd = |v: &[f64], f: &dyn Fn(&[f64]) -> f64| -> Vec<f64> {
-        (0..v.len())
-            .map(|i| {
-                let (mut p, mut m) = (v.to_vec(), v.to_vec());
-                p[i] += eps;
-                m[i] -= eps;
-                (f(&p) - f(&m)) / (2.0 * eps)
-            })
-            .collect()
-    };
-    let fdx = fd(&xf, &|v| loss(v, &wf));
-    let fdw = fd(&wf, &|v| loss(&xf, v));
-    let as_t = |v: Vec<f64>, like: &Tensor| Tensor::from_vec(v, like.dims(), &Device::Cpu).unwrap();
-    assert_close("forward vs direct loop", &y, &as_t(naive_conv(&t, &xf, &wf), &y), 1e-5);
-    assert_close("dx vs finite differences", &dx, &as_t(fdx, &dx), 1e-5);
-    assert_close("dw vs finite differences", &dw, &as_t(fdw, &dw), 1e-5);
+    // The second case runs images in groups of two (one GEMM per pair).
+    for t in [case(2, 2, 3, 5, 6, 3, 2, 1), case(8, 2, 3, 3, 3, 3, 1, 1)] {
+        let (x, w, r) = data(&t, 99);
+        let (y, dx, dw) = ours(&t, &x, &w, &r);
+        let (xf, wf, rf) = (flat(&x), flat(&w), flat(&r));
+        let loss = |x: &[f64], w: &[f64]| naive_conv(&t, x, w).iter().zip(&rf).map(|(a, b)| a * b).sum::<f64>();
+        let eps = 1e-4;
+        let fd = |v: &[f64], f: &dyn Fn(&[f64]) -> f64| -> Vec<f64> {
+            (0..v.len())
+                .map(|i| {
+                    let (mut p, mut m) = (v.to_vec(), v.to_vec());
+                    p[i] += eps;
+                    m[i] -= eps;
+                    (f(&p) - f(&m)) / (2.0 * eps)
+                })
+                .collect()
+        };
+        let fdx = fd(&xf, &|v| loss(v, &wf));
+        let fdw = fd(&wf, &|v| loss(&xf, v));
+        let as_t = |v: Vec<f64>, like: &Tensor| Tensor::from_vec(v, like.dims(), &Device::Cpu).unwrap();
+        assert_close(&format!("{t:?} forward vs direct loop"), &y, &as_t(naive_conv(&t, &xf, &wf), &y), 1e-5);
+        assert_close(&format!("{t:?} dx vs finite differences"), &dx, &as_t(fdx, &dx), 1e-5);
+        assert_close(&format!("{t:?} dw vs finite differences"), &dw, &as_t(fdw, &dw), 1e-5);
+    }
 }
 
 #[test]
@@ -182,7 +190,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 fn bit_identical_across_thread_counts() {
     // Batch 3 runs each GEMM on all threads (gemm's own threading); batch 8 and 32 split
     // images over threads with single-threaded GEMMs; 1 thread runs everything in turn.
-    let cases = [case(3, 128, 128, 28, 28, 3, 1, 1), case(8, 64, 64, 30, 30, 3, 2, 1), case(32, 16, 24, 17, 17, 3, 1, 1), case(3, 256, 64, 14, 14, 1, 1, 0)];
+    let cases = [case(3, 128, 128, 28, 28, 3, 1, 1), case(8, 64, 64, 30, 30, 3, 2, 1), case(32, 16, 24, 17, 17, 3, 1, 1), case(3, 256, 64, 14, 14, 1, 1, 0), case(32, 16, 24, 7, 7, 3, 1, 1), case(30, 32, 16, 7, 7, 1, 1, 0)];
     for (i, t) in cases.iter().enumerate() {
         let (x, w, r) = data(t, 1000 + i as u64);
         let run = |threads: usize| {

@@ -93,8 +93,9 @@ impl Geom {
         (i >= 0 && (i as usize) < self.h).then_some(i as usize)
     }
 
-    /// `cols [K, N]` of one image `x [C, H, W]` (every element written, padding as zeros).
-    fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+    /// `cols [K, N]` of one image `x [C, H, W]` (every element written, padding as zeros), as
+    /// the columns `off..off + N` of a `[K, ld]` row-major matrix (a group of images side by side).
+    fn im2col(&self, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
         let n = self.n();
         let (s, p) = (self.stride, self.pad);
         for c in 0..self.c {
@@ -102,7 +103,7 @@ impl Geom {
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let row = (c * self.kh + ky) * self.kw + kx;
-                    let out = &mut cols[row * n..(row + 1) * n];
+                    let out = &mut cols[row * ld + off..row * ld + off + n];
                     let r = self.valid(kx, self.w, self.wo);
                     for oy in 0..self.ho {
                         let orow = &mut out[oy * self.wo..(oy + 1) * self.wo];
@@ -115,6 +116,13 @@ impl Geom {
                         orow[r.end..].fill(0.0);
                         if s == 1 {
                             orow[r.clone()].copy_from_slice(&xrow[r.start + kx - p..r.end + kx - p]);
+                        } else if s == 2 && !r.is_empty() {
+                            // Pairs, first of each: vectorised as a de-interleave (an indexed
+                            // loop is a scalar gather; the ResNet stem's im2col is all stride 2).
+                            let src = &xrow[r.start * 2 + kx - p..];
+                            for (o, pair) in orow[r.clone()].iter_mut().zip(src.chunks(2)) {
+                                *o = pair[0];
+                            }
                         } else {
                             for ox in r.clone() {
                                 orow[ox] = xrow[ox * s + kx - p];
@@ -126,8 +134,9 @@ impl Geom {
         }
     }
 
-    /// `dx [C, H, W] += col2im(cols [K, N])`, in a fixed order.
-    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
+    /// `dx [C, H, W] += col2im(cols [K, N])`, in a fixed order; `cols` are the columns
+    /// `off..off + N` of a `[K, ld]` matrix.
+    fn col2im(&self, cols: &[f32], dx: &mut [f32], ld: usize, off: usize) {
         let n = self.n();
         let (s, p) = (self.stride, self.pad);
         for c in 0..self.c {
@@ -135,7 +144,7 @@ impl Geom {
             for ky in 0..self.kh {
                 for kx in 0..self.kw {
                     let row = (c * self.kh + ky) * self.kw + kx;
-                    let src = &cols[row * n..(row + 1) * n];
+                    let src = &cols[row * ld + off..row * ld + off + n];
                     let r = self.valid(kx, self.w, self.wo);
                     for oy in 0..self.ho {
                         let Some(iy) = self.src_row(oy, ky) else { continue };
@@ -224,22 +233,79 @@ fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: M
     }
 }
 
-/// How to spread a batch over the threads: with at least two images per thread, whole
-/// images per thread with single-threaded GEMMs; with fewer, images in turn and each GEMM on
-/// all threads. Measured with `examples/conv_layers` (ResNet-18 shapes, batch 32, 2 threads):
-/// per image, 160-195 GFLOP/s on the 3x3 layers and 0.66 + 0.66 + 0.71 s (fwd, dX, dW) per
-/// step; gemm's threading, 110-155 GFLOP/s and 0.88 + 0.80 + 1.09 s (slower on every layer,
-/// 2.7x on the stem's dW).
-fn per_image_parallel(batch: usize) -> bool {
+/// How to spread work items (groups of images) over the threads: with at least two per
+/// thread, whole items per thread with single-threaded GEMMs; with fewer, items in turn and
+/// each GEMM on all threads. Measured with `examples/conv_layers` (ResNet-18 shapes, batch 32,
+/// 2 threads): per image, 160-195 GFLOP/s on the 3x3 layers and 0.66 + 0.66 + 0.71 s (fwd, dX,
+/// dW) per step; gemm's threading, 110-155 GFLOP/s and 0.88 + 0.80 + 1.09 s (slower on every
+/// layer, 2.7x on the stem's dW).
+fn per_item_parallel(items: usize) -> bool {
     let threads = rayon::current_num_threads();
-    threads > 1 && batch >= 2 * threads
+    threads > 1 && items >= 2 * threads
 }
 
-fn gemm_par(per_image: bool) -> Parallelism {
-    if per_image || rayon::current_num_threads() == 1 {
+fn gemm_par(per_item: bool) -> Parallelism {
+    if per_item || rayon::current_num_threads() == 1 {
         Parallelism::None
     } else {
         Parallelism::Rayon(0)
+    }
+}
+
+/// Columns a GEMM should get at least: late layers have few output pixels (ResNet's 7x7 = 49),
+/// and one GEMM per image then packs the whole kernel (up to 9.4 MB) again for 49 columns and
+/// re-reads the kernel gradient as often. Images are put side by side in one GEMM until it has
+/// this many columns (at most a quarter of the batch per group, so there are still groups for
+/// every thread). The group size depends only on the shapes, never on the thread count.
+const GROUP_COLS: usize = 384;
+
+impl Geom {
+    /// Images per GEMM.
+    fn group(&self) -> usize {
+        GROUP_COLS.div_ceil(self.n().max(1)).clamp(1, (self.b / 4).max(1))
+    }
+
+    /// Scratch floats for a group of `nb` images: the column matrix (none for a pointwise
+    /// conv of one image) and, for several images, a `[Co, nb*N]` output/gradient block.
+    fn scratch(&self, nb: usize) -> usize {
+        match nb {
+            1 if self.pointwise() => 0,
+            1 => self.k() * self.n(),
+            _ => (self.k() + self.co) * nb * self.n(),
+        }
+    }
+}
+
+/// Copy the `[rows, n]` matrix `src` into columns `off..off + n` of the `[rows, ld]` matrix `dst`.
+fn put_block(src: &[f32], dst: &mut [f32], rows: usize, n: usize, ld: usize, off: usize) {
+    for r in 0..rows {
+        dst[r * ld + off..r * ld + off + n].copy_from_slice(&src[r * n..(r + 1) * n]);
+    }
+}
+
+/// Copy columns `off..off + n` of the `[rows, ld]` matrix `src` into the `[rows, n]` matrix `dst`.
+fn take_block(src: &[f32], dst: &mut [f32], rows: usize, n: usize, ld: usize, off: usize) {
+    for r in 0..rows {
+        dst[r * n..(r + 1) * n].copy_from_slice(&src[r * ld + off..r * ld + off + n]);
+    }
+}
+
+/// Split a group's scratch into its column matrix `[K, m*N]` and its `[Co, m*N]` block.
+fn split_group<'a>(g: &Geom, m: usize, s: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+    let l = m * g.n();
+    let (cols, rest) = s.split_at_mut(g.k() * l);
+    (cols, &mut rest[..g.co * l])
+}
+
+/// Fill a group's column matrix `[K, m*N]` from its `m` images `xg`.
+fn group_cols(g: &Geom, xg: &[f32], m: usize, cols: &mut [f32]) {
+    let (n, l) = (g.n(), m * g.n());
+    for (j, xb) in xg.chunks(g.in_len()).take(m).enumerate() {
+        if g.pointwise() {
+            put_block(xb, cols, g.c, n, l, j * n);
+        } else {
+            g.im2col(xb, cols, l, j * n);
+        }
     }
 }
 
@@ -290,20 +356,30 @@ impl CustomOp2 for Conv {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (cpu_f32(s1, l1, "conv2d")?, cpu_f32(s2, l2, "conv2d")?);
         let g = Geom::new(l1.shape().dims4()?, l2.shape().dims4()?, self.p)?;
-        let (k, n) = (g.k(), g.n());
+        let (k, n, nb) = (g.k(), g.n(), g.group());
         let mut y = vec![0f32; g.b * g.co * n];
-        let per_image = per_image_parallel(g.b);
-        let par = gemm_par(per_image);
-        let items: Vec<(&[f32], &mut [f32])> = x.chunks(g.in_len()).zip(y.chunks_mut(g.co * n)).collect();
-        let scratch = if g.pointwise() { 0 } else { k * n };
-        for_each_item(items, per_image, scratch, |_, (xb, yb), cols| {
-            let cols: &[f32] = if g.pointwise() {
-                xb
-            } else {
-                g.im2col(xb, cols);
-                cols
-            };
-            sgemm(g.co, n, k, yb, false, Mat::rows(w, k), Mat::rows(cols, n), par);
+        let items: Vec<(&[f32], &mut [f32])> = x.chunks(nb * g.in_len()).zip(y.chunks_mut(nb * g.co * n)).collect();
+        let per_item = per_item_parallel(items.len());
+        let par = gemm_par(per_item);
+        for_each_item(items, per_item, g.scratch(nb), |_, (xg, yg), s| {
+            let m = yg.len() / (g.co * n);
+            if nb == 1 {
+                let cols: &[f32] = if g.pointwise() {
+                    xg
+                } else {
+                    g.im2col(xg, s, n, 0);
+                    s
+                };
+                sgemm(g.co, n, k, yg, false, Mat::rows(w, k), Mat::rows(cols, n), par);
+                return;
+            }
+            let l = m * n;
+            let (cols, out) = split_group(&g, m, s);
+            group_cols(&g, xg, m, cols);
+            sgemm(g.co, l, k, out, false, Mat::rows(w, k), Mat::rows(cols, l), par);
+            for (j, yb) in yg.chunks_mut(g.co * n).enumerate() {
+                take_block(out, yb, g.co, n, l, j * n);
+            }
         });
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.co, g.ho, g.wo))))
     }
@@ -338,25 +414,41 @@ impl CustomOp2 for ConvGradInput {
         if l1.shape().dims4()? != (g.b, g.co, g.ho, g.wo) {
             candle_core::bail!("conv2d backward: gradient shape {:?} does not match the output", l1.shape());
         }
-        let (k, n) = (g.k(), g.n());
+        let (k, n, nb) = (g.k(), g.n(), g.group());
         let mut dx = vec![0f32; g.b * g.in_len()];
-        let per_image = per_image_parallel(g.b);
-        let par = gemm_par(per_image);
-        let items: Vec<(&[f32], &mut [f32])> = gy.chunks(g.co * n).zip(dx.chunks_mut(g.in_len())).collect();
-        let scratch = if g.pointwise() { 0 } else { k * n };
-        for_each_item(items, per_image, scratch, |_, (gyb, dxb), cols| {
-            if g.pointwise() {
-                sgemm(k, n, g.co, dxb, false, Mat::transposed(w, k), Mat::rows(gyb, n), par);
-            } else {
-                sgemm(k, n, g.co, cols, false, Mat::transposed(w, k), Mat::rows(gyb, n), par);
-                g.col2im(cols, dxb);
+        let items: Vec<(&[f32], &mut [f32])> = gy.chunks(nb * g.co * n).zip(dx.chunks_mut(nb * g.in_len())).collect();
+        let per_item = per_item_parallel(items.len());
+        let par = gemm_par(per_item);
+        for_each_item(items, per_item, g.scratch(nb), |_, (gyg, dxg), s| {
+            let m = gyg.len() / (g.co * n);
+            if nb == 1 {
+                if g.pointwise() {
+                    sgemm(k, n, g.co, dxg, false, Mat::transposed(w, k), Mat::rows(gyg, n), par);
+                } else {
+                    sgemm(k, n, g.co, s, false, Mat::transposed(w, k), Mat::rows(gyg, n), par);
+                    g.col2im(s, dxg, n, 0);
+                }
+                return;
+            }
+            let l = m * n;
+            let (cols, dy) = split_group(&g, m, s);
+            for (j, gyb) in gyg.chunks(g.co * n).enumerate() {
+                put_block(gyb, dy, g.co, n, l, j * n);
+            }
+            sgemm(k, l, g.co, cols, false, Mat::transposed(w, k), Mat::rows(dy, l), par);
+            for (j, dxb) in dxg.chunks_mut(g.in_len()).enumerate() {
+                if g.pointwise() {
+                    take_block(cols, dxb, g.c, n, l, j * n);
+                } else {
+                    g.col2im(cols, dxb, l, j * n);
+                }
             }
         });
         Ok((CpuStorage::F32(dx), Shape::from(self.x_dims)))
     }
 }
 
-/// Images are summed into this many partial kernel gradients (fixed, whatever the thread
+/// Image groups are summed into this many partial kernel gradients (fixed, whatever the thread
 /// count, so the sum order is too), then the partials in order.
 const DW_GROUPS: usize = 8;
 
@@ -382,28 +474,41 @@ impl CustomOp2 for ConvGradWeight {
         if l2.shape().dims4()? != (g.b, g.co, g.ho, g.wo) {
             candle_core::bail!("conv2d backward: gradient shape {:?} does not match the output", l2.shape());
         }
-        let (k, n) = (g.k(), g.n());
+        let (k, n, nb) = (g.k(), g.n(), g.group());
         let wlen = g.co * k;
-        let groups = g.b.clamp(1, DW_GROUPS);
-        let per_group = g.b.div_ceil(groups);
-        let groups = g.b.div_ceil(per_group);
-        let mut partial = vec![0f32; groups * wlen];
-        let per_image = per_image_parallel(g.b);
-        let par = gemm_par(per_image);
+        // Units of work are groups of `nb` images; each partial gradient sums a run of units.
+        let units = g.b.div_ceil(nb);
+        let parts = units.clamp(1, DW_GROUPS);
+        let per_part = units.div_ceil(parts);
+        let parts = units.div_ceil(per_part);
+        let mut partial = vec![0f32; parts * wlen];
+        let per_item = per_item_parallel(parts);
+        let par = gemm_par(per_item);
         let items: Vec<&mut [f32]> = partial.chunks_mut(wlen).collect();
-        let scratch = if g.pointwise() { 0 } else { k * n };
-        for_each_item(items, per_image, scratch, |gi, dw, cols| {
-            let first = gi * per_group;
-            for (j, bi) in (first..(first + per_group).min(g.b)).enumerate() {
-                let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
-                let gyb = &gy[bi * g.co * n..(bi + 1) * g.co * n];
-                let cols: &[f32] = if g.pointwise() {
-                    xb
-                } else {
-                    g.im2col(xb, cols);
-                    cols
-                };
-                sgemm(g.co, k, n, dw, j > 0, Mat::rows(gyb, n), Mat::transposed(cols, n), par);
+        for_each_item(items, per_item, g.scratch(nb), |pi, dw, s| {
+            let first = pi * per_part;
+            for (j, u) in (first..(first + per_part).min(units)).enumerate() {
+                let imgs = u * nb..((u + 1) * nb).min(g.b);
+                let m = imgs.len();
+                let xg = &x[imgs.start * g.in_len()..imgs.end * g.in_len()];
+                let gyg = &gy[imgs.start * g.co * n..imgs.end * g.co * n];
+                if nb == 1 {
+                    let cols: &[f32] = if g.pointwise() {
+                        xg
+                    } else {
+                        g.im2col(xg, s, n, 0);
+                        s
+                    };
+                    sgemm(g.co, k, n, dw, j > 0, Mat::rows(gyg, n), Mat::transposed(cols, n), par);
+                    continue;
+                }
+                let l = m * n;
+                let (cols, dy) = split_group(&g, m, s);
+                group_cols(&g, xg, m, cols);
+                for (i, gyb) in gyg.chunks(g.co * n).enumerate() {
+                    put_block(gyb, dy, g.co, n, l, i * n);
+                }
+                sgemm(g.co, k, l, dw, j > 0, Mat::rows(dy, l), Mat::transposed(cols, l), par);
             }
         });
         let (first, rest) = partial.split_at_mut(wlen);
