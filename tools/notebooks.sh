@@ -5,8 +5,12 @@
 #                                    on 2 cores), Jupyter in a venv, the "rust" kernel, the weights
 #   bash tools/notebooks.sh open     setup, then Jupyter on notebooks/
 #   bash tools/notebooks.sh check    setup, then run every notebook headless in quick mode into
-#                                    runs/notebooks/executed/; fails on the first cell error
-#   bash tools/notebooks.sh render   the same, but writes the outputs into notebooks/*.ipynb
+#                                    runs/notebooks/executed/; fails on the first cell error, on
+#                                    an absolute path in an output, and on stale committed
+#                                    outputs (tools/notebooks_stale.py: sources changed since the
+#                                    render, or, same setting, a fresh run prints otherwise)
+#   bash tools/notebooks.sh render   the same, but writes the outputs into notebooks/*.ipynb and
+#                                    stamps each with the setting and its sources' fingerprint
 #
 # Everything installed lives under $WORKBOOK_CACHE (default ~/.cache/transfer-workbook), so a
 # second run (and a second CI run on the same machine) starts at once. EVCXR_TMPDIR keeps
@@ -58,13 +62,23 @@ execute() {
     mkdir -p "$out"
     local timings=$out/timings.txt
     : >"$timings"
-    local pick=${NOTEBOOKS:-}
+    local pick=${NOTEBOOKS:-} nbs=()
     for nb in notebooks/[0-9][0-9]-*.ipynb; do
         local name
         name=$(basename "$nb" .ipynb)
-        if [[ -n $pick && " $pick " != *" ${name:0:2} "* ]]; then
-            continue
+        if [[ -z $pick || " $pick " == *" ${name:0:2} "* ]]; then
+            nbs+=("$nb")
         fi
+    done
+    # Stale outputs fail at once, before any kernel starts: each notebook records the
+    # fingerprint of the sources that rendered it (tools/notebooks_stale.py).
+    if [[ $mode == check ]] && ! python3 tools/notebooks_stale.py fresh "${nbs[@]}"; then
+        echo "FAILED: committed notebook outputs are stale (above)" >&2
+        exit 1
+    fi
+    for nb in "${nbs[@]}"; do
+        local name
+        name=$(basename "$nb" .ipynb)
         local args=(--to notebook --execute --ExecutePreprocessor.timeout=3600 --ExecutePreprocessor.kernel_name=rust)
         if [[ $mode == render ]]; then args+=(--inplace); else args+=(--output-dir "$out"); fi
         echo "== $name ($WORKBOOK_SETTING)"
@@ -81,6 +95,12 @@ execute() {
         tmp=$(dirname "$(mktemp -u)")
         if grep -n -o -E "($root|$HOME|$tmp/)[^\"]{0,60}" "$executed" | head -5 | grep .; then
             echo "FAILED: $nb prints an absolute path of this machine (above); print it relative to the project" >&2
+            exit 1
+        fi
+        if [[ $mode == render ]]; then
+            python3 tools/notebooks_stale.py stamp "$nb" "$WORKBOOK_SETTING"
+        elif ! python3 tools/notebooks_stale.py check "$nb" "$executed" "$WORKBOOK_SETTING"; then
+            echo "FAILED: $nb: its committed outputs are not what it prints now (above); run \`just notebooks-render\`" >&2
             exit 1
         fi
     done
