@@ -48,11 +48,13 @@ peek: build
 notebook:
     bash tools/notebooks.sh open
 
-# Execute every notebook headless in quick mode; fails on any cell error (CI runs this).
+# Execute every notebook headless in quick mode; fails on a cell error, an absolute path in an
+# output, or stale committed outputs (CI runs this).
 notebooks-check:
     bash tools/notebooks.sh check
 
-# Execute the notebooks in place, so the committed .ipynb files carry their outputs.
+# Execute the notebooks in place in the full setting (~1 h on 2 cores), so the committed .ipynb
+# files carry the chapter-scale outputs, stamped with the sources that produced them.
 notebooks-render:
     bash tools/notebooks.sh render
 
