@@ -15,8 +15,8 @@ Training is bit-reproducible on the CPU, so a fresh run prints the same losses a
 accuracies; what may differ is timing. Outputs are compared after masking numbers followed by
 a time or speed unit ("8 s", "15.8 examples/sec", "885 ms", "43 img/s"); a cell whose outputs
 are all timings (a benchmark table) carries the cell tag `timing` and is not compared.
-Progress lines are left out (`epoch 1/3: batch 2/4, ...`: how a stream is split into
-outputs depends on when the kernel flushed it).
+Progress lines are left out (`head epoch 1/3: batch 2/4, ...`); streams are compared joined,
+whatever chunks the kernel flushed them in.
 """
 import hashlib
 import json
@@ -32,7 +32,7 @@ NOT_COMPILED = [os.path.join("src", "serve"), os.path.join("src", "bin")]
 
 TIMING = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?\s*(s|ms|min|examples/sec|img/s|images/s)\b")
 DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
-PROGRESS = re.compile(r"^\s*epoch \d+/\d+: batch \d+/\d+.*$", re.M)
+PROGRESS = re.compile(r"^\s*(\S+ )?epoch \d+/\d+: batch \d+/\d+.*$", re.M)
 
 
 def fingerprint(nb):
