@@ -54,6 +54,11 @@ kernel_env() {
     # would share it, so run one notebook's kernel at a time.
     export EVCXR_TMPDIR=$cache/evcxr-build
     mkdir -p "$EVCXR_TMPDIR"
+    # Evcxr compiles the cells and the workbook with its own `[profile.dev]`: opt-level 2 with
+    # debug assertions and overflow checks, which made training in the kernel 1.4-2.3x slower
+    # than the CLI (09's benchmark cell against `finetune bench`). Cargo's environment settings
+    # take precedence over a manifest's profile: build the kernel's code like a release build.
+    export CARGO_PROFILE_DEV_OPT_LEVEL=3 CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false
 }
 
 # Execute the notebooks; $1 = "check" (copies) or "render" (in place).
