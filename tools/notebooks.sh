@@ -64,8 +64,9 @@ kernel_env() {
 # Execute the notebooks; $1 = "check" (copies) or "render" (in place).
 execute() {
     local mode=$1 out=$root/runs/notebooks/executed
-    # The committed outputs are the full setting (render); CI's check runs the quick one, and
-    # then compares only the render stamps (tools/notebooks_stale.py).
+    # render defaults to the full setting, check to quick; check compares a notebook's outputs
+    # where its committed render is in the setting it runs, and only its stamp otherwise
+    # (tools/notebooks_stale.py).
     local default=quick
     [[ $mode == render ]] && default=full
     export PATH=$venv/bin:$PATH WORKBOOK_SETTING=${WORKBOOK_SETTING:-$default}

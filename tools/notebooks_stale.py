@@ -18,6 +18,7 @@ are all timings (a benchmark table) carries the cell tag `timing` and is not com
 Progress lines are left out (`head epoch 1/3: batch 2/4, ...`); streams are compared joined,
 whatever chunks the kernel flushed them in.
 """
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,9 @@ DATE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 PROGRESS = re.compile(r"^\s*(\S+ )?epoch \d+/\d+: batch \d+/\d+.*$", re.M)
 
 
-def fingerprint(nb):
+@functools.lru_cache(maxsize=None)
+def sources_hash():
+    """sha256 state over the compiled sources (read once per process, shared by every notebook)."""
     h = hashlib.sha256()
     files = []
     for s in SOURCES:
@@ -53,6 +56,11 @@ def fingerprint(nb):
         h.update(f.replace(os.sep, "/").encode() + b"\0")
         with open(os.path.join(ROOT, f), "rb") as fh:
             h.update(fh.read() + b"\0")
+    return h
+
+
+def fingerprint(nb):
+    h = sources_hash().copy()
     for c in nb["cells"]:
         if c["cell_type"] == "code":
             h.update("".join(c["source"]).encode() + b"\0")
@@ -98,26 +106,29 @@ def stamp(path, setting):
     save(path, nb)
 
 
-def fresh(committed_path):
+def stamp_errors(name, nb):
     """Errors if the notebook's render stamp is missing or not today's sources."""
-    name = os.path.basename(committed_path)
-    committed = load(committed_path)
-    meta = committed["metadata"].get("workbook")
+    meta = nb["metadata"].get("workbook")
     if not meta:
         return [f"{name}: no render stamp; run `just notebooks-render`"]
-    now = fingerprint(committed)
+    now = fingerprint(nb)
     if meta.get("rendered_from") != now:
         return [f"{name}: stale: rendered from sources {meta.get('rendered_from')}, today's are {now} "
                 "(src/, Cargo.lock or its cells changed since); run `just notebooks-render`"]
     return []
 
 
+def fresh(committed_path):
+    return stamp_errors(os.path.basename(committed_path), load(committed_path))
+
+
 def check(committed_path, executed_path, setting):
     name = os.path.basename(committed_path)
-    errors = fresh(committed_path)
+    committed = load(committed_path)
+    errors = stamp_errors(name, committed)
     if errors:
         return errors
-    committed, executed = load(committed_path), load(executed_path)
+    executed = load(executed_path)
     meta = committed["metadata"]["workbook"]
     if meta.get("setting") != setting:
         print(f"{name}: rendered in the {meta.get('setting')} setting, checked in {setting}: stamp only")
