@@ -55,6 +55,17 @@ fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str
     a
 }
 
+/// A colour data set with `per_class` photos per class and a finished run on it (`extra` flags)
+/// in a fresh output folder: (data, out).
+fn finished_run(per_class: usize, extra: &[&str]) -> (tempfile::TempDir, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), per_class, 1);
+    let out = tempfile::tempdir().unwrap();
+    let o = finetune(&train_args(s(data.path()), s(out.path()), extra), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    (data, out)
+}
+
 /// The checkpoint folder holds exactly one generation's files and no temporary file.
 fn assert_clean_checkpoint(out: &Path) {
     let names: Vec<String> = std::fs::read_dir(out.join("checkpoint")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
@@ -127,12 +138,8 @@ fn an_output_folder_in_use_fails_fast_naming_the_holder() {
 
 #[test]
 fn a_finished_run_is_kept_unless_resume_or_overwrite() {
-    let data = tempfile::tempdir().unwrap();
-    support::write_color_dataset(data.path(), 2, 1);
+    let (data, out) = finished_run(2, &["--epochs", "1"]);
     let d = s(data.path());
-    let out = tempfile::tempdir().unwrap();
-    let o = finetune(&train_args(d, s(out.path()), &["--epochs", "1"]), &[]);
-    assert!(o.status.success(), "{}", text(&o));
     let model = tensors(&out.path().join("model.safetensors"));
     for extra in [&["--epochs", "1"][..], &["--epochs", "2", "--seed", "3"]] {
         let o = finetune(&train_args(d, s(out.path()), extra), &[]);
@@ -158,12 +165,8 @@ fn a_finished_run_is_kept_unless_resume_or_overwrite() {
 /// another schedule are refused; more epochs of a constant schedule are fine.
 #[test]
 fn resume_refuses_other_data_batch_or_schedule() {
-    let data = tempfile::tempdir().unwrap();
-    support::write_color_dataset(data.path(), 6, 1);
+    let (data, out) = finished_run(6, &["--epochs", "1", "--val-split", "0.5"]);
     let d = s(data.path());
-    let out = tempfile::tempdir().unwrap();
-    let o = finetune(&train_args(d, s(out.path()), &["--epochs", "1", "--val-split", "0.5"]), &[]);
-    assert!(o.status.success(), "{}", text(&o));
     for (extra, what) in [
         (&["--epochs", "2", "--val-split", "0.34", "--resume"][..], "validation photos"),
         (&["--epochs", "2", "--val-split", "0.5", "--seed", "1", "--resume"], "validation photos"),
