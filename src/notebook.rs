@@ -108,8 +108,10 @@ pub fn project_dir() -> PathBuf {
 
 /// The first call of every notebook: works from the workbook's folder (so `runs/`, `.cache/`
 /// and `../shared/` mean what they mean for the CLI, and printed paths are relative to the
-/// project), and returns the setting (`WORKBOOK_SETTING`, else `default`).
+/// project), keeps freed memory for reuse ([`crate::keep_freed_memory`]: 2.5-3x faster training
+/// in the kernel at 224 px), and returns the setting (`WORKBOOK_SETTING`, else `default`).
 pub fn start(default: Setting) -> anyhow::Result<Setting> {
+    crate::keep_freed_memory();
     std::env::set_current_dir(project_dir()).with_context(|| format!("entering {}", project_dir().display()))?;
     Ok(Setting::from_env_or(default))
 }
