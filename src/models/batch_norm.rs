@@ -3,7 +3,7 @@
 //! The arithmetic (fused CPU kernels, generic fallback, backward) is in `ops::batch_norm`.
 
 use super::builder::{BnMode, Builder};
-use crate::ops::batch_norm::{batch_norm_eval, batch_norm_train};
+use crate::ops::batch_norm::{batch_norm_eval_act, batch_norm_train_act, Activation};
 use candle_core::{Result, Tensor, Var};
 use candle_nn::{Init, ModuleT};
 
@@ -51,16 +51,24 @@ impl BatchNorm {
     }
 }
 
-impl ModuleT for BatchNorm {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl BatchNorm {
+    /// `act(BN(x) + residual)`: what follows BatchNorm in a block, fused into its pass on the
+    /// CPU (`ops::batch_norm::Normalize` says what that saves).
+    pub fn forward_act(&self, x: &Tensor, train: bool, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
         if train && self.mode == BnMode::Train {
             let (b, _, h, w) = x.dims4()?;
-            let (y, mean, var) = batch_norm_train(x, &self.weight, &self.bias, self.eps)?;
+            let (y, mean, var) = batch_norm_train_act(x, &self.weight, &self.bias, self.eps, residual, act)?;
             self.update_running(&mean, &var, b * h * w)?;
             Ok(y)
         } else {
             let (rm, rv) = (self.running_mean.as_tensor().copy()?, self.running_var.as_tensor().copy()?);
-            batch_norm_eval(x, &self.weight, &self.bias, &rm, &rv, self.eps)
+            batch_norm_eval_act(x, &self.weight, &self.bias, &rm, &rv, self.eps, residual, act)
         }
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act(x, train, None, Activation::Identity)
     }
 }

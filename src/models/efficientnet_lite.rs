@@ -11,8 +11,8 @@ use super::batch_norm::BatchNorm;
 use super::builder::Builder;
 use super::store::KAIMING_FAN_OUT;
 use super::FeatureExtractor;
-use crate::ops::{depthwise_conv2d, global_avg_pool, relu6, Conv2d, DwParams};
-use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::ops::{depthwise_conv2d, global_avg_pool, Activation, Conv2d, DwParams};
+use candle_core::{Module, Result, Tensor};
 
 const BN_EPS: f64 = 1e-3;
 const BN_MOMENTUM: f64 = 0.01;
@@ -76,18 +76,15 @@ impl MbConv {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         if let Some((conv, bn0)) = &self.expand {
-            y = relu6(&bn0.forward_t(&conv.forward(&y)?, train)?)?;
+            y = bn0.forward_act(&conv.forward(&y)?, train, None, Activation::Relu6)?;
         }
         let (_, _, h, w) = y.dims4()?;
         let (pt, pb) = same_padding(h, self.k, self.stride);
         let (pl, pr) = same_padding(w, self.k, self.stride);
         let p = DwParams { stride: self.stride, pad_top: pt, pad_bottom: pb, pad_left: pl, pad_right: pr };
-        y = relu6(&self.bn1.forward_t(&depthwise_conv2d(&y, &self.dw_weight, p)?, train)?)?;
-        y = self.bn2.forward_t(&self.project.forward(&y)?, train)?;
-        if self.skip {
-            y = (y + x)?;
-        }
-        Ok(y)
+        y = self.bn1.forward_act(&depthwise_conv2d(&y, &self.dw_weight, p)?, train, None, Activation::Relu6)?;
+        // The skip connection's addition fused into the projection's BatchNorm.
+        self.bn2.forward_act(&self.project.forward(&y)?, train, self.skip.then_some(x), Activation::Identity)
     }
 }
 
@@ -122,11 +119,11 @@ impl FeatureExtractor for EfficientNetLite0 {
         let (pt, pb) = same_padding(h, 3, 2);
         let (pl, pr) = same_padding(w, 3, 2);
         let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-        let mut x = relu6(&self.bn0.forward_t(&self.stem.forward(&x)?, train)?)?;
+        let mut x = self.bn0.forward_act(&self.stem.forward(&x)?, train, None, Activation::Relu6)?;
         for block in &self.blocks {
             x = block.forward_t(&x, train)?;
         }
-        x = relu6(&self.bn1.forward_t(&self.head.forward(&x)?, train)?)?;
+        x = self.bn1.forward_act(&self.head.forward(&x)?, train, None, Activation::Relu6)?;
         global_avg_pool(&x)
     }
 

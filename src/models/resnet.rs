@@ -5,8 +5,8 @@
 use super::batch_norm::BatchNorm;
 use super::builder::Builder;
 use super::FeatureExtractor;
-use crate::ops::{global_avg_pool, max_pool2d, relu, Conv2d};
-use candle_core::{Module, ModuleT, Result, Tensor};
+use crate::ops::{global_avg_pool, max_pool2d, Activation, Conv2d};
+use candle_core::{Module, Result, Tensor};
 
 /// Depth variants: blocks per stage, and whether blocks are bottlenecks (ResNet-50).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +43,9 @@ impl ConvBn {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)
+    /// `act(bn(conv(x)) + residual)`, the BatchNorm, the addition and the activation fused.
+    fn forward_act(&self, x: &Tensor, train: bool, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+        self.bn.forward_act(&self.conv.forward(x)?, train, residual, act)
     }
 }
 
@@ -84,19 +85,16 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, cb) in self.convs.iter().enumerate() {
-            y = cb.forward_t(&y, train)?;
-            if i != last {
-                y = relu(&y)?;
-            }
-        }
         let shortcut = match &self.downsample {
-            Some(d) => d.forward_t(x, train)?,
+            Some(d) => d.forward_act(x, train, None, Activation::Identity)?,
             None => x.clone(),
         };
-        relu(&(y + shortcut)?)
+        let mut y = x.clone();
+        let last = self.convs.len() - 1;
+        for cb in &self.convs[..last] {
+            y = cb.forward_act(&y, train, None, Activation::Relu)?;
+        }
+        self.convs[last].forward_act(&y, train, Some(&shortcut), Activation::Relu)
     }
 }
 
@@ -132,7 +130,7 @@ impl ResNet {
 
 impl FeatureExtractor for ResNet {
     fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = relu(&self.stem.forward_t(x, train)?)?;
+        let mut x = self.stem.forward_act(x, train, None, Activation::Relu)?;
         x = max_pool2d(&x, 3, 2, 1)?;
         for stage in &self.layers {
             for block in stage {

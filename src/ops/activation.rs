@@ -46,20 +46,32 @@ impl CustomOp1 for Clip {
         let hi = self.hi;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(ys, xs)| {
-            for (o, &v) in ys.iter_mut().zip(xs) {
-                // Two selects, not an if/else-if chain: the chain compiled to scalar
-                // compares and branches (ReLU was 14% of a ResNet-18 step); selects vectorise.
-                let lo = if v < 0.0 { 0.0 } else { v };
-                *o = if lo > hi { hi } else { lo };
-            }
+            ys.copy_from_slice(xs);
+            clip_in_place(ys, hi);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
     /// From the output alone: `0 < y < hi` exactly where `0 < x < hi`.
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.detach().apply_op2_no_bwd(&grad.contiguous()?, &ClipGrad { hi: self.hi, name: self.name })?))
+        Ok(Some(clip_grad(&res.detach(), &grad.contiguous()?, self.hi)?))
     }
+}
+
+/// `v = min(max(v, 0), hi)` over a slice, NaN kept (also BatchNorm's fused activation).
+pub(crate) fn clip_in_place(ys: &mut [f32], hi: f32) {
+    for o in ys.iter_mut() {
+        let v = *o;
+        // Two selects, not an if/else-if chain: the chain compiled to scalar compares and
+        // branches (ReLU was 14% of a ResNet-18 step); selects vectorise.
+        let lo = if v < 0.0 { 0.0 } else { v };
+        *o = if lo > hi { hi } else { lo };
+    }
+}
+
+/// The gradient of `min(max(x, 0), hi)` from its contiguous output `y`: `grad` where `0 < y < hi`.
+pub(crate) fn clip_grad(y: &Tensor, grad: &Tensor, hi: f32) -> Result<Tensor> {
+    y.apply_op2_no_bwd(grad, &ClipGrad { hi, name: "clip" })
 }
 
 /// `grad` where `0 < y < hi`, else 0; arguments (output, grad).

@@ -107,22 +107,60 @@ pub fn channel_stats(x: &Tensor) -> Result<Tensor> {
     x.detach().contiguous()?.apply_op1_no_bwd(&ChannelStats)
 }
 
-/// `y = w * (x - mean) * inv_std + b`; arguments (x, weight, bias).
+/// What follows BatchNorm in a block, fused into its pass: nothing, ReLU or ReLU6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    /// The upper clip of `min(max(v, 0), hi)`; `None` for the identity.
+    fn clip(self) -> Option<f32> {
+        match self {
+            Activation::Identity => None,
+            Activation::Relu => Some(f32::INFINITY),
+            Activation::Relu6 => Some(6.0),
+        }
+    }
+
+    /// The activation as its own op (the path for other devices).
+    fn apply(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Identity => Ok(y),
+            Activation::Relu => super::relu(&y),
+            Activation::Relu6 => super::relu6(&y),
+        }
+    }
+}
+
+/// `y = act(w * (x - mean) * inv_std + b [+ residual])` in one pass; arguments (x, [w; b] as a
+/// `[2, C]` tensor) or (x, [w; b], residual).
+///
+/// A ResNet block is conv -> BN -> ReLU and, at its end, BN -> + shortcut -> ReLU. As separate
+/// ops each arrow is a full activation written and read again, and in the backward pass each
+/// one costs Candle's gradient bookkeeping: a zero-filled buffer plus an addition for every
+/// gradient that reaches a tensor (`GradStore::or_insert`), and a pass for the ReLU mask.
+/// Fused, the backward pass masks the gradient once and hands the same buffer to the residual.
+/// The arithmetic is the separate ops' (normalise, add, clip, in that order), so results are
+/// bit-identical to them.
 struct Normalize {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     /// Statistics come from this batch (their gradient flows back into dx).
     batch_stats: bool,
+    act: Activation,
 }
 
-impl CustomOp3 for Normalize {
-    fn name(&self) -> &'static str {
-        "batch-norm"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (cpu_f32(s1, l1, "batch norm")?, cpu_f32(s2, l2, "batch norm")?, cpu_f32(s3, l3, "batch norm")?);
+impl Normalize {
+    fn cpu(&self, x: (&CpuStorage, &Layout), wb: (&CpuStorage, &Layout), residual: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let (l1, what) = (x.1, "batch norm");
+        let (x, wb) = (cpu_f32(x.0, x.1, what)?, cpu_f32(wb.0, wb.1, what)?);
+        let r = residual.map(|(s, l)| cpu_f32(s, l, what)).transpose()?;
         let d = dims(l1)?;
+        let (w, b) = wb.split_at(d.c);
+        let clip = self.act.clip();
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw)).enumerate().for_each(|(i, (yp, xp))| {
             let c = i % d.c;
@@ -131,28 +169,73 @@ impl CustomOp3 for Normalize {
             for (yv, xv) in yp.iter_mut().zip(xp) {
                 *yv = xv * scale + shift;
             }
+            if let Some(r) = r {
+                for (yv, rv) in yp.iter_mut().zip(&r[i * d.hw..(i + 1) * d.hw]) {
+                    *yv += rv;
+                }
+            }
+            if let Some(hi) = clip {
+                super::activation::clip_in_place(yp, hi);
+            }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    /// Gradients of (x, [w; b], residual) from the output `y` and its gradient.
+    fn grads(&self, x: &Tensor, wb: &Tensor, residual: Option<&Tensor>, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let sums = x.detach().apply_op2_no_bwd(&grad, &GradSums { mean: self.mean.clone(), inv_std: self.inv_std.clone() })?;
+        // The gradient past the activation: the one buffer BN's backward and the residual share.
+        let g = match self.act.clip() {
+            Some(hi) => super::activation::clip_grad(&y.detach(), &grad, hi)?,
+            None => grad,
+        };
+        let sums = x.detach().apply_op2_no_bwd(&g, &GradSums { mean: self.mean.clone(), inv_std: self.inv_std.clone() })?;
         let (db, dw) = (sums.get(0)?, sums.get(1)?);
         let dx = if x.track_op() {
             let op = GradInput {
                 mean: self.mean.clone(),
                 inv_std: self.inv_std.clone(),
-                weight: w.detach().to_vec1::<f32>()?,
+                weight: wb.detach().get(0)?.to_vec1::<f32>()?,
                 db: db.to_vec1::<f32>()?,
                 dw: dw.to_vec1::<f32>()?,
                 batch_stats: self.batch_stats,
             };
-            Some(x.detach().apply_op2_no_bwd(&grad, &op)?)
+            Some(x.detach().apply_op2_no_bwd(&g, &op)?)
         } else {
             None
         };
-        Ok((dx, w.track_op().then_some(dw), b.track_op().then_some(db)))
+        let dwb = if wb.track_op() { Some(Tensor::stack(&[dw, db], 0)?) } else { None };
+        let dr = residual.filter(|r| r.track_op()).map(|_| g);
+        Ok((dx, dwb, dr))
+    }
+}
+
+impl CustomOp2 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.cpu((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(&self, x: &Tensor, wb: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dwb, _) = self.grads(x, wb, None, res, grad)?;
+        Ok((dx, dwb))
+    }
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "batch-norm-residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.cpu((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(&self, x: &Tensor, wb: &Tensor, r: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, wb, Some(r), res, grad)
     }
 }
 
@@ -227,11 +310,23 @@ impl CustomOp2 for GradInput {
     }
 }
 
-/// Normalise `x` with per-channel `mean` / `var` (`[C]`), then scale and shift (CPU kernels).
-fn normalize_cpu(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, batch_stats: bool) -> Result<Tensor> {
+/// Normalise `x` with per-channel `mean` / `var` (`[C]`), scale and shift, add `residual`,
+/// apply `act` (CPU kernels, one op).
+#[allow(clippy::too_many_arguments)]
+fn normalize_cpu(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, batch_stats: bool, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
     let mean = mean.to_vec1::<f32>()?;
     let inv_std = var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Normalize { mean, inv_std, batch_stats })
+    let op = Normalize { mean, inv_std, batch_stats, act };
+    let wb = Tensor::stack(&[weight, bias], 0)?;
+    match residual {
+        Some(r) => {
+            if r.shape() != x.shape() {
+                candle_core::bail!("batch norm: residual of shape {:?} added to an activation of shape {:?}", r.dims(), x.dims());
+            }
+            x.contiguous()?.apply_op3(&wb, &r.contiguous()?, op)
+        }
+        None => x.contiguous()?.apply_op2(&wb, op),
+    }
 }
 
 fn use_cpu_kernels(x: &Tensor) -> bool {
@@ -252,10 +347,16 @@ fn channel_mean(x: &Tensor, n: f64) -> Result<Tensor> {
 /// `(y, mean [C], biased var [C])`; the statistics come back detached, for the running update.
 /// CPU f32: the fused kernels above; elsewhere: tensor ops that autograd differentiates.
 pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train_act(x, weight, bias, eps, None, Activation::Identity)
+}
+
+/// [`batch_norm_train`] followed by `+ residual` (same shape as `x`) and `act`, fused on the
+/// CPU: `(act(BN(x) + residual), mean, var)`.
+pub fn batch_norm_train_act(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, residual: Option<&Tensor>, act: Activation) -> Result<(Tensor, Tensor, Tensor)> {
     if use_cpu_kernels(x) {
         let stats = channel_stats(x)?;
         let (mean, var) = (stats.get(0)?, stats.get(1)?);
-        let y = normalize_cpu(x, weight, bias, &mean, &var, eps, true)?;
+        let y = normalize_cpu(x, weight, bias, &mean, &var, eps, true, residual, act)?;
         return Ok((y, mean, var));
     }
     let (b, _, h, w) = x.dims4()?;
@@ -268,16 +369,32 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) ->
         .broadcast_mul(&inv_std)?
         .broadcast_mul(&channel_view(weight)?)?
         .broadcast_add(&channel_view(bias)?)?;
-    Ok((y, mean.detach().flatten_all()?, var.detach().flatten_all()?))
+    Ok((add_then(y, residual, act)?, mean.detach().flatten_all()?, var.detach().flatten_all()?))
 }
 
 /// Evaluation-mode BatchNorm: normalise with fixed statistics `mean`, `var` (`[C]`, no gradient).
 pub fn batch_norm_eval(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<Tensor> {
+    batch_norm_eval_act(x, weight, bias, mean, var, eps, None, Activation::Identity)
+}
+
+/// [`batch_norm_eval`] followed by `+ residual` and `act`, fused on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_eval_act(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
     if use_cpu_kernels(x) {
-        return normalize_cpu(x, weight, bias, mean, var, eps, false);
+        return normalize_cpu(x, weight, bias, mean, var, eps, false, residual, act);
     }
     // y = x * scale + shift with scale = w / sqrt(var + eps), shift = b - mean * scale.
     let scale = (weight * (var.detach() + eps)?.sqrt()?.recip()?)?;
     let shift = (bias - (mean.detach() * &scale)?)?;
-    x.broadcast_mul(&channel_view(&scale)?)?.broadcast_add(&channel_view(&shift)?)
+    let y = x.broadcast_mul(&channel_view(&scale)?)?.broadcast_add(&channel_view(&shift)?)?;
+    add_then(y, residual, act)
+}
+
+/// `act(y + residual)` as separate ops (the path for other devices).
+fn add_then(y: Tensor, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let y = match residual {
+        Some(r) => (y + r)?,
+        None => y,
+    };
+    act.apply(y)
 }

@@ -10,7 +10,7 @@ pub mod im2col;
 pub mod pool;
 
 pub use activation::{relu, relu6};
-pub use batch_norm::{batch_norm_eval, batch_norm_train};
+pub use batch_norm::{batch_norm_eval, batch_norm_eval_act, batch_norm_train, batch_norm_train_act, Activation};
 pub use conv::{conv2d, Conv2d};
 pub use depthwise::{depthwise_conv2d, DwParams};
 pub use pool::{global_avg_pool, max_pool2d};
