@@ -7,6 +7,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use transfer_workbook::ops::{batch_norm_eval, batch_norm_eval_act, batch_norm_train, batch_norm_train_act, relu, relu6, Activation};
 
+mod support;
+use support::uniform_values;
+
 const EPS: f64 = 1e-5;
 
 struct Inputs {
@@ -18,23 +21,12 @@ struct Inputs {
     probe: Tensor,
 }
 
-/// `n` values spread uniformly over `[-1, 1)`, the same on every run (an LCG).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn inputs(shape: (usize, usize, usize, usize), seed: u64) -> Inputs {
     let dev = Device::Cpu;
     let n = shape.0 * shape.1 * shape.2 * shape.3;
     let c = shape.1;
     let t = |k: u64, len: usize, scale: f32, shift: f32, dims: &[usize]| {
-        let v: Vec<f32> = values(len, seed * 10 + k).iter().map(|v| v * scale + shift).collect();
+        let v: Vec<f32> = uniform_values(len, seed * 10 + k).iter().map(|v| v * scale + shift).collect();
         Tensor::from_vec(v, dims, &dev).unwrap()
     };
     let dims = [shape.0, shape.1, shape.2, shape.3];

@@ -4,8 +4,10 @@
 //! and bit-for-bit determinism across rayon thread counts.
 
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
 use transfer_workbook::ops::conv2d;
+
+mod support;
+use support::uniform_values as values;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -27,11 +29,6 @@ impl Case {
     fn out(&self) -> (usize, usize) {
         ((self.h + 2 * self.pad - self.k) / self.stride + 1, (self.w + 2 * self.pad - self.k) / self.stride + 1)
     }
-}
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.gen_range(-1f32..1f32)).collect()
 }
 
 /// Input, kernel and an output weighting `r` (the loss is `Σ r * y`, so dY = r).

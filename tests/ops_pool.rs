@@ -7,13 +7,18 @@ use rand::{Rng, SeedableRng};
 use transfer_workbook::ops::max_pool2d;
 use transfer_workbook::ops::pool::max_pool2d_generic;
 
+mod support;
+use support::uniform_values;
+
 fn input(dims: (usize, usize, usize, usize), levels: Option<u32>, seed: u64) -> Tensor {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n = dims.0 * dims.1 * dims.2 * dims.3;
     let v: Vec<f32> = match levels {
         // Few distinct values: many windows with tied maxima.
-        Some(l) => (0..n).map(|_| rng.gen_range(0..l) as f32).collect(),
-        None => (0..n).map(|_| rng.gen_range(-1f32..1f32)).collect(),
+        Some(l) => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..n).map(|_| rng.gen_range(0..l) as f32).collect()
+        }
+        None => uniform_values(n, seed),
     };
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
@@ -22,9 +27,7 @@ fn input(dims: (usize, usize, usize, usize), levels: Option<u32>, seed: u64) -> 
 fn run(f: impl Fn(&Tensor) -> Tensor, x: &Tensor, seed: u64) -> (Vec<f32>, Vec<f32>) {
     let xv = Var::from_tensor(x).unwrap();
     let y = f(xv.as_tensor());
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let r: Vec<f32> = (0..y.elem_count()).map(|_| rng.gen_range(-1f32..1f32)).collect();
-    let r = Tensor::from_vec(r, y.dims(), &Device::Cpu).unwrap();
+    let r = Tensor::from_vec(uniform_values(y.elem_count(), seed), y.dims(), &Device::Cpu).unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     (flat(&y), flat(grads.get(xv.as_tensor()).unwrap()))
@@ -35,8 +38,7 @@ fn reference(x: &Tensor, k: usize, s: usize, p: usize, seed: u64) -> (Vec<f32>, 
     let (b, c, h, w) = x.dims4().unwrap();
     let (ho, wo) = ((h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1);
     let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let r: Vec<f32> = (0..b * c * ho * wo).map(|_| rng.gen_range(-1f32..1f32)).collect();
+    let r = uniform_values(b * c * ho * wo, seed);
     let (mut y, mut dx) = (vec![0f32; b * c * ho * wo], vec![0f32; xs.len()]);
     for plane in 0..b * c {
         for oy in 0..ho {

@@ -1,4 +1,4 @@
-//! Shared test helpers: a small generated two-class image data set.
+//! Shared test helpers: a small generated two-class image data set, seeded uniform values.
 
 #![allow(dead_code)]
 
@@ -42,4 +42,10 @@ pub fn small_train_config(out: Option<std::path::PathBuf>, resume: bool) -> tran
         progress: false,
         device_label: "cpu".into(),
     }
+}
+
+/// `n` values uniform in `[-1, 1)`, the same for the same `seed` (the kernels' test inputs).
+pub fn uniform_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1f32..1f32)).collect()
 }
