@@ -27,8 +27,8 @@ import sys
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 # What the notebooks' kernel compiles: the library without its default features (no serve,
-# no CLI binary), and the locked dependency versions.
-SOURCES = ["src", "Cargo.toml", "Cargo.lock"]
+# no CLI binary), the locked dependency versions, and the patched Candle (vendor/README.md).
+SOURCES = ["src", "Cargo.toml", "Cargo.lock", os.path.join("vendor", "candle-core", "src")]
 NOT_COMPILED = [os.path.join("src", "serve"), os.path.join("src", "bin")]
 
 TIMING = re.compile(r"\d+(\.\d+)?(e[-+]?\d+)?\s*(s|ms|min|examples/sec|img/s|images/s)\b")
