@@ -59,9 +59,15 @@ pub fn keep_freed_memory() {
         const M_TOP_PAD: c_int = -2;
         const M_MMAP_THRESHOLD: c_int = -3;
         // SAFETY: mallopt only changes glibc's malloc tunables, valid at any time; a value it
-        // refuses is ignored (it returns 0), which leaves glibc's defaults in place.
+        // refuses is ignored (it returns 0), which leaves that tunable as it was.
         unsafe {
-            mallopt(M_MMAP_THRESHOLD, c_int::MAX);
+            // Older glibc (before 2.26) refuses an mmap threshold above half its heap size
+            // (32 MB on 64-bit). Setting the trim threshold below also freezes the mmap
+            // threshold where it is, so it must never stay at the 128 KB default: take the
+            // largest one glibc accepts.
+            if mallopt(M_MMAP_THRESHOLD, c_int::MAX) == 0 {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            }
             mallopt(M_TRIM_THRESHOLD, c_int::MAX);
             mallopt(M_TOP_PAD, 256 << 20);
         }

@@ -161,3 +161,15 @@ fn a_residual_of_another_shape_is_an_error_naming_both() {
     let err = batch_norm_train_act(&inp.x, &inp.w, &inp.b, EPS, Some(&r), Activation::Relu).unwrap_err().to_string();
     assert!(err.contains("[2, 3, 2, 2]") && err.contains("[2, 3, 4, 4]"), "{err}");
 }
+
+#[test]
+fn parameters_of_another_channel_count_are_an_error_naming_them() {
+    let inp = inputs((2, 3, 4, 4), 1);
+    let dev = &Device::Cpu;
+    let four = Tensor::ones(4, DType::F32, dev).unwrap();
+    let err = batch_norm_train_act(&inp.x, &four, &inp.b, EPS, None, Activation::Relu).unwrap_err().to_string();
+    assert!(err.contains("weight") && err.contains("[4]") && err.contains("3 channels"), "{err}");
+    let var = Tensor::ones(3, DType::F32, dev).unwrap();
+    let err = batch_norm_eval(&inp.x, &inp.w, &inp.b, &four, &var, EPS).unwrap_err().to_string();
+    assert!(err.contains("running mean") && err.contains("[4]"), "{err}");
+}

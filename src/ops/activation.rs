@@ -71,13 +71,12 @@ pub(crate) fn clip_in_place(ys: &mut [f32], hi: f32) {
 
 /// The gradient of `min(max(x, 0), hi)` from its contiguous output `y`: `grad` where `0 < y < hi`.
 pub(crate) fn clip_grad(y: &Tensor, grad: &Tensor, hi: f32) -> Result<Tensor> {
-    y.apply_op2_no_bwd(grad, &ClipGrad { hi, name: "clip" })
+    y.apply_op2_no_bwd(grad, &ClipGrad { hi })
 }
 
 /// `grad` where `0 < y < hi`, else 0; arguments (output, grad).
 struct ClipGrad {
     hi: f32,
-    name: &'static str,
 }
 
 impl CustomOp2 for ClipGrad {
@@ -86,7 +85,7 @@ impl CustomOp2 for ClipGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, g) = (cpu_f32(s1, l1, self.name)?, cpu_f32(s2, l2, self.name)?);
+        let (y, g) = (cpu_f32(s1, l1, "clip-grad")?, cpu_f32(s2, l2, "clip-grad")?);
         let hi = self.hi;
         let mut out = vec![0f32; y.len()];
         out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(os, (ys, gs))| {

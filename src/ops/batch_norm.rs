@@ -166,12 +166,17 @@ impl Normalize {
             let c = i % d.c;
             let scale = w[c] * self.inv_std[c];
             let shift = b[c] - self.mean[c] * scale;
-            for (yv, xv) in yp.iter_mut().zip(xp) {
-                *yv = xv * scale + shift;
-            }
-            if let Some(r) = r {
-                for (yv, rv) in yp.iter_mut().zip(&r[i * d.hw..(i + 1) * d.hw]) {
-                    *yv += rv;
+            match r {
+                // (x * scale + shift) + r, the separate ops' rounding, in the same pass.
+                Some(r) => {
+                    for ((yv, xv), rv) in yp.iter_mut().zip(xp).zip(&r[i * d.hw..(i + 1) * d.hw]) {
+                        *yv = xv * scale + shift + rv;
+                    }
+                }
+                None => {
+                    for (yv, xv) in yp.iter_mut().zip(xp) {
+                        *yv = xv * scale + shift;
+                    }
                 }
             }
             if let Some(hi) = clip {
@@ -314,6 +319,12 @@ impl CustomOp2 for GradInput {
 /// apply `act` (CPU kernels, one op).
 #[allow(clippy::too_many_arguments)]
 fn normalize_cpu(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64, batch_stats: bool, residual: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    for (name, t) in [("weight", weight), ("bias", bias), ("running mean", mean), ("running var", var)] {
+        if t.dims() != [c] {
+            candle_core::bail!("batch norm: {name} of shape {:?} for an activation of {c} channels (shape {:?})", t.dims(), x.dims());
+        }
+    }
     let mean = mean.to_vec1::<f32>()?;
     let inv_std = var.to_vec1::<f32>()?.iter().map(|v| 1.0 / (v + eps as f32).sqrt()).collect();
     let op = Normalize { mean, inv_std, batch_stats, act };
