@@ -1,9 +1,10 @@
-//! Time the im2col + GEMM convolution (forward, dX, dW) on every ResNet-18 conv shape, batch 32.
-//! `cargo run --release --example conv_layers [batch]`; RAYON_NUM_THREADS sets the threads.
+//! Time the CPU convolution (forward, dX, dW) on every ResNet-18 conv shape, batch 32: im2col +
+//! GEMM, and for the 3x3 stride-1 layers also Winograd F(2x2, 3x3) (forward and dX; dW stays
+//! im2col). `cargo run --release --example conv_layers [batch]`; RAYON_NUM_THREADS sets the threads.
 
 use candle_core::{Device, Tensor};
 use std::time::Instant;
-use transfer_workbook::ops::im2col::{Conv, ConvGradInput, ConvGradWeight, ConvParams};
+use transfer_workbook::ops::im2col::{use_winograd, Conv, ConvGradInput, ConvGradWeight, ConvParams};
 
 fn time<T>(reps: usize, f: impl Fn() -> T) -> f64 {
     f();
@@ -35,23 +36,38 @@ fn main() -> candle_core::Result<()> {
         (256, 512, 14, 1, 2, 0, 1),
     ];
     let dev = Device::Cpu;
-    let (mut tf, mut tx, mut tw) = (0.0, 0.0, 0.0);
-    println!("{:>5} {:>5} {:>4} {:>2} {:>2} {:>3} {:>9} {:>9} {:>9}  GFLOP/s(fwd)", "cin", "cout", "hw", "k", "s", "n", "fwd ms", "dx ms", "dw ms");
+    let mut totals = [[0f64; 3]; 2];
+    println!("{:>5} {:>5} {:>4} {:>2} {:>2} {:>3} {:>9} {:>9} {:>9}  GFLOP/s(fwd)  path", "cin", "cout", "hw", "k", "s", "n", "fwd ms", "dx ms", "dw ms");
     for (ci, co, hw, k, s, p, count) in layers {
         let x = Tensor::randn(0f32, 1., (b, ci, hw, hw), &dev)?;
         let w = Tensor::randn(0f32, 1., (co, ci, k, k), &dev)?;
         let pr = ConvParams { stride: s, padding: p };
         let y = x.apply_op2_no_bwd(&w, &Conv { p: pr })?;
         let (_, _, ho, wo) = y.dims4()?;
-        let f = time(5, || x.apply_op2_no_bwd(&w, &Conv { p: pr }).unwrap());
-        let dx = time(5, || y.apply_op2_no_bwd(&w, &ConvGradInput { p: pr, x_dims: x.dims4().unwrap() }).unwrap());
-        let dw = time(5, || x.apply_op2_no_bwd(&y, &ConvGradWeight { p: pr, w_dims: w.dims4().unwrap() }).unwrap());
         let flops = 2.0 * (b * co * ho * wo * ci * k * k) as f64;
-        println!("{ci:>5} {co:>5} {hw:>4} {k:>2} {s:>2} {count:>3} {f:>9.1} {dx:>9.1} {dw:>9.1}  {:.1}", flops / f / 1e6);
-        tf += f * count as f64;
-        tx += dx * count as f64;
-        tw += dw * count as f64;
+        let winograd = (k, s, p) == (3, 1, 1);
+        let paths: &[bool] = if winograd { &[false, true] } else { &[false] };
+        for &on in paths {
+            use_winograd(on);
+            let f = time(5, || x.apply_op2_no_bwd(&w, &Conv { p: pr }).unwrap());
+            let dx = time(5, || y.apply_op2_no_bwd(&w, &ConvGradInput { p: pr, x_dims: x.dims4().unwrap() }).unwrap());
+            let dw = time(5, || x.apply_op2_no_bwd(&y, &ConvGradWeight { p: pr, w_dims: w.dims4().unwrap() }).unwrap());
+            // GFLOP/s of the direct form (the work the layer stands for), whatever the path.
+            let path = if on { "winograd" } else { "im2col" };
+            println!("{ci:>5} {co:>5} {hw:>4} {k:>2} {s:>2} {count:>3} {f:>9.1} {dx:>9.1} {dw:>9.1}  {:>6.1}  {path}", flops / f / 1e6);
+            // Totals: `[im2col everywhere, Winograd where it applies]`.
+            for (i, t) in totals.iter_mut().enumerate() {
+                if on == (i == 1) || !winograd {
+                    t[0] += f * count as f64;
+                    t[1] += dx * count as f64;
+                    t[2] += dw * count as f64;
+                }
+            }
+        }
     }
-    println!("network total: fwd {tf:.0} ms, dx {tx:.0} ms, dw {tw:.0} ms");
+    use_winograd(true);
+    for (t, what) in totals.iter().zip(["im2col everywhere", "Winograd for 3x3 stride 1"]) {
+        println!("network total, {what}: fwd {:.0} ms, dx {:.0} ms, dw {:.0} ms", t[0], t[1], t[2]);
+    }
     Ok(())
 }

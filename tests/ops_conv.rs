@@ -1,4 +1,5 @@
-//! The CPU f32 convolution kernel (`ops::conv2d`, im2col + GEMM) against independent
+//! The CPU f32 convolution kernels (`ops::conv2d`: im2col + GEMM, and Winograd F(2x2, 3x3) for
+//! 3x3 stride-1 padding-1 convolutions of at least 8x8) against independent
 //! references: Candle's own `conv2d` with Candle's autograd in f64, and for one tiny case
 //! central finite differences of a direct-loop f64 convolution. Also the frozen-input case
 //! and bit-for-bit determinism across rayon thread counts.
@@ -90,6 +91,12 @@ const CASES: &[Case] = &[
     case(9, 8, 6, 5, 5, 1, 1, 0),
     case(8, 5, 7, 9, 9, 1, 2, 0),
     case(12, 4, 3, 8, 8, 7, 2, 3),
+    // 3x3, stride 1, padding 1, at least 8x8: Winograd F(2x2, 3x3) for y, dx and dw. Odd
+    // sizes (a last tile half outside), batch 1, tile rows cut into blocks (56 px, 29 tiles
+    // a row), several small images per GEMM block (groups of 2, the last one short).
+    case(1, 4, 3, 9, 11, 3, 1, 1),
+    case(2, 16, 8, 56, 57, 3, 1, 1),
+    case(9, 6, 5, 8, 9, 3, 1, 1),
 ];
 
 #[test]
@@ -136,7 +143,8 @@ fn naive_conv(t: &Case, x: &[f64], w: &[f64]) -> Vec<f64> {
 #[test]
 fn matches_finite_differences() {
     // The second case runs images in groups of two (one GEMM per pair).
-    for t in [case(2, 2, 3, 5, 6, 3, 2, 1), case(8, 2, 3, 3, 3, 3, 1, 1)] {
+    // The third runs the Winograd kernels (3x3, stride 1, padding 1, odd 9x8).
+    for t in [case(2, 2, 3, 5, 6, 3, 2, 1), case(8, 2, 3, 3, 3, 3, 1, 1), case(2, 2, 3, 9, 8, 3, 1, 1)] {
         let (x, w, r) = data(&t, 99);
         let (y, dx, dw) = ours(&t, &x, &w, &r);
         let (xf, wf, rf) = (flat(&x), flat(&w), flat(&r));

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod im2col;
 pub mod pool;
+mod winograd;
 
 pub use activation::{relu, relu6};
 pub use batch_norm::{batch_norm_eval, batch_norm_eval_act, batch_norm_train, batch_norm_train_act, Activation};
