@@ -134,8 +134,21 @@ impl CustomOp2 for DwConv {
                     let orow = &mut o[oy * g.wo..(oy + 1) * g.wo];
                     for kx in 0..k {
                         let wv = wk[ky * k + kx];
-                        for ox in Self::valid(kx, p.stride, p.pad_left, g.w, g.wo) {
-                            orow[ox] += wv * row[ox * p.stride + kx - p.pad_left];
+                        let r = Self::valid(kx, p.stride, p.pad_left, g.w, g.wo);
+                        if r.is_empty() {
+                            continue;
+                        }
+                        // Zipped slices, so the stride-1 loop vectorises (indexed, it kept its
+                        // bounds checks); same arithmetic, same order.
+                        let src = &row[r.start * p.stride + kx - p.pad_left..];
+                        if p.stride == 1 {
+                            for (o, xv) in orow[r].iter_mut().zip(src) {
+                                *o += wv * xv;
+                            }
+                        } else {
+                            for (o, xv) in orow[r].iter_mut().zip(src.iter().step_by(p.stride)) {
+                                *o += wv * xv;
+                            }
                         }
                     }
                 }
@@ -186,8 +199,19 @@ impl CustomOp2 for DwGradInput {
                     let xrow = &mut gxi[iy * wd..(iy + 1) * wd];
                     for kx in 0..k {
                         let wv = wk[ky * k + kx];
-                        for ox in DwConv::valid(kx, p.stride, p.pad_left, wd, wo) {
-                            xrow[ox * p.stride + kx - p.pad_left] += wv * grow[ox];
+                        let r = DwConv::valid(kx, p.stride, p.pad_left, wd, wo);
+                        if r.is_empty() {
+                            continue;
+                        }
+                        let dst = &mut xrow[r.start * p.stride + kx - p.pad_left..];
+                        if p.stride == 1 {
+                            for (d, gv) in dst.iter_mut().zip(&grow[r]) {
+                                *d += wv * gv;
+                            }
+                        } else {
+                            for (d, gv) in dst.iter_mut().step_by(p.stride).zip(&grow[r]) {
+                                *d += wv * gv;
+                            }
                         }
                     }
                 }
