@@ -53,12 +53,13 @@ kernel_env() {
     # One build folder for every kernel: Candle compiles once. Two kernels at the same time
     # would share it, so run one notebook's kernel at a time.
     export EVCXR_TMPDIR=$cache/evcxr-build
-    mkdir -p "$EVCXR_TMPDIR/.cargo"
+    mkdir -p "$EVCXR_TMPDIR" "$cache/.cargo"
     # The workbook's Cargo.toml patches Candle (vendor/README.md), but a [patch] only applies
-    # to the outermost build, here Evcxr's generated crate, so the kernel gets it through the
-    # Cargo config in its build folder (Cargo reads it from there: Evcxr runs cargo inside).
-    printf '%s\n' "# Written by tools/notebooks.sh: the workbook's patched Candle for the kernel too." \
-        "[patch.crates-io]" "candle-core = { path = \"$root/vendor/candle-core\" }" >"$EVCXR_TMPDIR/.cargo/config.toml"
+    # to the outermost build, here Evcxr's generated crate, so the kernel gets it from a Cargo
+    # config. Cargo merges the configs of the folder it runs in (Evcxr's build folder, where
+    # Evcxr writes its own .cargo/config.toml) and of every folder above: this one sits above.
+    printf '%s\n' "# Written by tools/notebooks.sh: the workbook's patched Candle for Evcxr's builds below." \
+        "[patch.crates-io]" "candle-core = { path = \"$root/vendor/candle-core\" }" >"$cache/.cargo/config.toml"
     # Evcxr compiles the cells and the workbook with its own `[profile.dev]`: opt-level 2 with
     # debug assertions and overflow checks, which made training in the kernel 1.4-2.3x slower
     # than the CLI (09's benchmark cell against `finetune bench`). Cargo's environment settings
