@@ -1,6 +1,7 @@
 //! Time the CPU convolution (forward, dX, dW) on every ResNet-18 conv shape, batch 32: im2col +
-//! GEMM, and for the 3x3 stride-1 layers also Winograd F(2x2, 3x3) (forward and dX; dW stays
-//! im2col). `cargo run --release --example conv_layers [batch]`; RAYON_NUM_THREADS sets the threads.
+//! GEMM, and for the 3x3 stride-1 layers also Winograd F(2x2, 3x3) (forward, dX and dW; the
+//! 7 px layers run im2col either way, `ops::im2col`'s size rule). `cargo run --release --example
+//! conv_layers [batch]`; RAYON_NUM_THREADS sets the threads.
 
 use candle_core::{Device, Tensor};
 use std::time::Instant;
