@@ -35,6 +35,11 @@ bench: build
 bench-compare: build
     CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} python3 tools/bench/compare.py --data {{data}}
 
+# The same in bfloat16 (a CPU with AVX512-BF16): the workbook's bf16 convolutions against
+# PyTorch's bf16 autocast (channels-last).
+bench-compare-bf16: build
+    CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target} python3 tools/bench/compare.py --precision bf16 --data {{data}}
+
 bench-depthwise: build
     target/release/finetune bench --backbone efficientnet-lite0 --batch-size 32 --image-size 224 --steps 1 --candle-depthwise
     target/release/finetune bench --backbone efficientnet-lite0 --batch-size 32 --image-size 224 --steps 1

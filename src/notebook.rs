@@ -109,11 +109,23 @@ pub fn project_dir() -> PathBuf {
 /// The first call of every notebook: works from the workbook's folder (so `runs/`, `.cache/`
 /// and `../shared/` mean what they mean for the CLI, and printed paths are relative to the
 /// project), keeps freed memory for reuse ([`crate::keep_freed_memory`]: 2.5-3x faster training
-/// in the kernel at 224 px), and returns the setting (`WORKBOOK_SETTING`, else `default`).
+/// in the kernel at 224 px), sets the CPU convolutions' arithmetic from `WORKBOOK_PRECISION`
+/// (`f32`, the default, or `bf16`: see [`crate::ops::Precision`]), and returns the setting
+/// (`WORKBOOK_SETTING`, else `default`).
 pub fn start(default: Setting) -> anyhow::Result<Setting> {
     crate::keep_freed_memory();
     std::env::set_current_dir(project_dir()).with_context(|| format!("entering {}", project_dir().display()))?;
+    crate::ops::set_precision(precision()?).context("WORKBOOK_PRECISION")?;
     Ok(Setting::from_env_or(default))
+}
+
+/// `WORKBOOK_PRECISION` (`f32` or `bf16`), else f32.
+pub fn precision() -> anyhow::Result<crate::ops::Precision> {
+    use clap::ValueEnum;
+    match std::env::var("WORKBOOK_PRECISION") {
+        Ok(p) => crate::ops::Precision::from_str(p.trim(), true).map_err(|_| anyhow::anyhow!("WORKBOOK_PRECISION={p}: expected f32 or bf16")),
+        Err(_) => Ok(crate::ops::Precision::F32),
+    }
 }
 
 /// `path` as the notebooks print it: relative to the working folder (the project, after [`start`]).

@@ -125,3 +125,30 @@ fn default_lite0_weights_are_found_from_any_working_directory() {
     assert!(!o.status.success());
     assert!(s.contains("not found") && s.contains("just weights"), "{s}");
 }
+
+/// `--precision bf16` reaches the convolutions: the same run (same seed) trains to other
+/// losses than in f32, and says so in its summary; a CPU without AVX512-BF16 refuses it by name.
+#[test]
+fn precision_bf16_trains_in_bf16_or_is_refused_by_name() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 8, 4);
+    let run = |precision: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let o = finetune(&[
+            "scratch", "--data", data.path().to_str().unwrap(), "--image-size", "64", "--epochs", "1", "--batch-size", "8",
+            "--out", out.path().to_str().unwrap(), "--quiet", "--precision", precision,
+        ]);
+        let history = std::fs::read_to_string(out.path().join("history.json")).ok();
+        (o, history.map(|h| serde_json::from_str::<serde_json::Value>(&h).unwrap()[0]["loss"].as_f64().unwrap()))
+    };
+    let (f32_run, f32_loss) = run("f32");
+    assert!(f32_run.status.success(), "{}", text(&f32_run));
+    let (bf16_run, bf16_loss) = run("bf16");
+    if transfer_workbook::ops::bf16_supported() {
+        assert!(bf16_run.status.success(), "{}", text(&bf16_run));
+        assert!(String::from_utf8_lossy(&bf16_run.stdout).contains(" examples/sec on cpu, bf16"), "{}", text(&bf16_run));
+        assert_ne!(f32_loss.unwrap(), bf16_loss.unwrap(), "bf16 trained exactly like f32: the flag did not reach the kernels");
+    } else {
+        assert!(!bf16_run.status.success() && text(&bf16_run).contains("AVX512-BF16"), "{}", text(&bf16_run));
+    }
+}

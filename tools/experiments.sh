@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The chapter's experiments on the real hot-dog photos with EfficientNet-Lite0 (CPU by
-# default; pass DEVICE=cuda for a CUDA build). Writes runs/<name>/{history.json, curves.*,
+# default; pass DEVICE=cuda for a CUDA build; PRECISION=bf16 for bfloat16 convolutions on an
+# AVX512-BF16 CPU, into runs/<name>-bf16; zero-shot stays f32). Writes runs/<name>/{history.json, curves.*,
 # model.safetensors, log.txt}.
 # Usage: tools/experiments.sh [zero-shot finetune finetune-hotdog-head scratch freeze two-phase]
 set -euo pipefail
@@ -16,15 +17,18 @@ else
 fi
 DEVICE=${DEVICE:-cpu}
 SEED=${SEED:-0}
+PRECISION=${PRECISION:-f32}
+suffix=""
+[ "$PRECISION" = f32 ] || suffix="-$PRECISION"
 if [ -z "${BIN:-}" ]; then
   cargo build --release --quiet
   BIN=${CARGO_TARGET_DIR:-target}/release/finetune
 fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
 [ -f "$W" ] || bash tools/fetch-weights.sh
-common=(${data[@]+"${data[@]}"} --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --quiet)
+common=(${data[@]+"${data[@]}"} --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --precision "$PRECISION" --quiet)
 run() {
-  local name=$1; shift
+  local name=$1$suffix; shift
   mkdir -p "runs/$name"
   echo "== $name: $*"
   local t0=$SECONDS

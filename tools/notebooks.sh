@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Evcxr notebooks: set up the Rust Jupyter kernel, open the notebooks, or execute them.
 #
-#   bash tools/notebooks.sh setup    evcxr_jupyter (cargo install --locked, ~20 min the first time
-#                                    on 2 cores), Jupyter in a venv, the "rust" kernel, the weights
+#   bash tools/notebooks.sh setup    evcxr_jupyter (prebuilt by cargo binstall where it is installed
+#                                    and online, else cargo install --locked: ~20 min the first
+#                                    time on 2 cores), Jupyter in a venv, the "rust" kernel, the weights
 #   bash tools/notebooks.sh open     setup, then Jupyter on notebooks/
 #   bash tools/notebooks.sh check    setup, then run every notebook headless in quick mode into
 #                                    runs/notebooks/executed/; fails on the first cell error, on
@@ -27,11 +28,25 @@ evcxr_version=0.22.0
 evcxr_bin=$cache/evcxr/bin/evcxr_jupyter
 venv=$cache/jupyter
 
+# evcxr_jupyter has no --version: the install records which version is there (our own
+# VERSION file, or cargo install's record from before it).
+evcxr_installed() {
+    [[ -x $evcxr_bin ]] && { grep -qx "$evcxr_version" "$cache/evcxr/VERSION" 2>/dev/null ||
+        grep -q "evcxr_jupyter $evcxr_version" "$cache/evcxr/.crates.toml" 2>/dev/null; }
+}
+
 setup() {
-    # evcxr_jupyter has no --version; cargo's install record says which version is there.
-    if [[ ! -x $evcxr_bin ]] || ! grep -q "evcxr_jupyter $evcxr_version" "$cache/evcxr/.crates.toml" 2>/dev/null; then
-        echo "== building evcxr_jupyter $evcxr_version (first time only: ~20 min on 2 cores)"
-        cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$cache/evcxr"
+    if ! evcxr_installed; then
+        # A prebuilt binary where cargo-binstall is installed and can download it (seconds, with
+        # internet); else compiling it, ~11-20 min the first time on 2 cores.
+        if cargo binstall -V >/dev/null 2>&1 &&
+            cargo binstall --no-confirm --locked --disable-strategies compile --root "$cache/evcxr" "evcxr_jupyter@$evcxr_version"; then
+            echo "== evcxr_jupyter $evcxr_version: prebuilt, from cargo binstall"
+        else
+            echo "== building evcxr_jupyter $evcxr_version (first time only: ~20 min on 2 cores; with cargo-binstall installed and internet, a prebuilt binary is fetched instead)"
+            cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$cache/evcxr"
+        fi
+        echo "$evcxr_version" >"$cache/evcxr/VERSION"
     fi
     if [[ ! -x $venv/bin/jupyter-nbconvert ]]; then
         echo "== installing Jupyter into $venv"
@@ -64,6 +79,8 @@ kernel_env() {
     # debug assertions and overflow checks, which made training in the kernel 1.4-2.3x slower
     # than the CLI (09's benchmark cell against `finetune bench`). Cargo's environment settings
     # take precedence over a manifest's profile: build the kernel's code like a release build.
+    # (Evcxr's profile also builds incrementally; turning that off measured no difference: 04's
+    # full render 279 s against 283 s, the same epoch speeds.)
     export CARGO_PROFILE_DEV_OPT_LEVEL=3 CARGO_PROFILE_DEV_DEBUG_ASSERTIONS=false CARGO_PROFILE_DEV_OVERFLOW_CHECKS=false
 }
 

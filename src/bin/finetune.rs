@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use transfer_workbook::checkpoint::{default_weights, load_model, load_model_with_card, WeightsSource};
 use transfer_workbook::data::{hotdog, ImageFolder};
+use transfer_workbook::ops::Precision;
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions};
 use transfer_workbook::predict::report::Format;
 use transfer_workbook::train::limits;
@@ -135,6 +136,9 @@ struct BenchArgs {
     /// Append the results as JSON lines to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Arithmetic of the CPU convolutions: f32, or bf16 products with f32 sums (AVX512-BF16).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Args)]
@@ -201,6 +205,10 @@ struct CommonArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Arithmetic of the CPU convolutions: f32, or bf16 products with f32 sums (CPUs with
+    /// AVX512-BF16; weights, gradients and optimizer state stay f32).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Hold out this fraction (0 < F < 1) of each class's training photos for validation
     /// (stratified, seeded with --seed); DIR/val/ is used instead when it exists. Early
     /// stopping and the kept epoch look at validation, never at test.
@@ -457,12 +465,13 @@ fn optimizer_from(a: &TrainArgs, base: &OptimizerKind) -> OptimizerKind {
 fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
     let arch = common.backbone;
     let device = parse_device(&common.device)?;
+    use_precision(common.precision, &device)?;
     limits::batch_and_size(common.batch_size, common.image_size, true)?;
     if let Some(n) = common.limit_per_class {
         limits::at_least_one("--limit-per-class", n)?;
     }
     Ok(Experiment {
-        title: format!("{command}: {arch}, {}px", common.image_size),
+        title: format!("{command}: {arch}, {}px{}", common.image_size, precision_note()),
         data: data_dir(&common.data, &common.cache_dir)?,
         arch,
         init,
@@ -483,8 +492,25 @@ fn experiment(common: &CommonArgs, command: &str, init: ModelInit, phases: Vec<P
     })
 }
 
+/// `--precision`: bf16 is the CPU kernels' path; set process-wide for the whole command.
+fn use_precision(p: Precision, device: &Device) -> anyhow::Result<()> {
+    if p == Precision::Bf16 && !device.is_cpu() {
+        bail!("--precision bf16 is a path of the CPU kernels (AVX512-BF16); on {} use f32", device_label(device));
+    }
+    transfer_workbook::ops::set_precision(p).context("--precision")?;
+    Ok(())
+}
+
+/// ", bf16" when the convolutions run in bfloat16 (titles and the examples/sec line).
+fn precision_note() -> &'static str {
+    match transfer_workbook::ops::precision() {
+        Precision::F32 => "",
+        Precision::Bf16 => ", bf16",
+    }
+}
+
 fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
-    let label = device_label(&exp.device);
+    let label = format!("{}{}", device_label(&exp.device), precision_note());
     let result = fine_tune(&exp)?;
     if let Some(out) = &exp.out {
         eprintln!("wrote {}/{{history.json, curves.png, curves.svg, model.safetensors, metrics.json, confusion.png, top-losses.png}}", out.display());
@@ -751,8 +777,12 @@ fn append_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow:
 
 fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
+    use_precision(a.precision, &device)?;
     limits::batch_and_size(a.batch_size, a.image_size, true)?;
     transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
+    if a.precision == Precision::Bf16 {
+        println!("convolutions in bf16 (bf16 products, f32 sums)");
+    }
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
     // `--steps 0`: only the epoch on real photos (with --data).
     for &arch in a.backbone.iter().filter(|_| a.steps > 0) {

@@ -15,13 +15,13 @@
 //! `tests/ops_conv.rs`), and the per-image kernel gradients are summed in fixed groups of
 //! images (`DW_GROUPS`), the groups in order, so the result never depends on scheduling.
 
+use super::gemm::{sgemm, Mat};
 use super::{cpu_f32, winograd};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether 3x3 stride-1 padding-1 convolutions (forward and input gradient) use Winograd's
+/// Whether 3x3 stride-1 padding-1 convolutions (forward, input and kernel gradients) use Winograd's
 /// F(2x2, 3x3) (`ops::winograd`); on by default.
 static WINOGRAD: AtomicBool = AtomicBool::new(true);
 
@@ -88,7 +88,7 @@ impl Geom {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// Whether the forward and input-gradient kernels take the Winograd path (`ops::winograd`):
+    /// Whether the forward, input-gradient and kernel-gradient kernels take the Winograd path (`ops::winograd`):
     /// 3x3, stride 1, padding 1, at least 8x8. Measured (`examples/conv_layers`, batch 32,
     /// 2 threads): on ResNet-18's 56, 28 and 14 px layers 1.3-1.7x faster than im2col, on its
     /// 7 px layers slower (40-48 ms against 39-40: 2x2 tiles cover 8x8 there, and the GEMMs'
@@ -191,73 +191,6 @@ impl Geom {
     }
 }
 
-/// A row-major or strided f32 matrix operand: `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    pub(super) fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: cols, cs: 1 }
-    }
-
-    /// The transpose of a row-major `[_, cols]` matrix.
-    pub(super) fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: 1, cs: cols }
-    }
-
-    fn check(&self, m: usize, n: usize) {
-        if m > 0 && n > 0 {
-            assert!((m - 1) * self.rs + (n - 1) * self.cs < self.data.len(), "gemm operand out of bounds");
-        }
-    }
-}
-
-/// `dst [m, n] (row-major) = lhs [m, k] · rhs [k, n]`, or `+=` with `accumulate`.
-pub(super) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, par: Parallelism) {
-    assert!(dst.len() >= m * n);
-    lhs.check(m, k);
-    rhs.check(k, n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the bounds of all three operands are checked above; `dst` is borrowed mutably
-    // and so cannot alias the operands.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            // gemm computes dst = alpha * dst + beta * lhs * rhs (alpha only read with read_dst).
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 /// How to spread work items (groups of images) over the threads: with at least two per
 /// thread, whole items per thread with single-threaded GEMMs; with fewer, items in turn and
 /// each GEMM on all threads. Measured with `examples/conv_layers` (ResNet-18 shapes, batch 32,
@@ -269,12 +202,9 @@ pub(super) fn per_item_parallel(items: usize) -> bool {
     threads > 1 && items >= 2 * threads
 }
 
-pub(super) fn gemm_par(per_item: bool) -> Parallelism {
-    if per_item || rayon::current_num_threads() == 1 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(0)
-    }
+/// Whether a GEMM should spread over the threads itself (items are not run in parallel).
+pub(super) fn gemm_par(per_item: bool) -> bool {
+    !per_item && rayon::current_num_threads() > 1
 }
 
 /// Columns a GEMM should get at least: late layers have few output pixels (ResNet's 7x7 = 49),
@@ -484,7 +414,30 @@ impl CustomOp2 for ConvGradInput {
 
 /// Image groups are summed into this many partial kernel gradients (fixed, whatever the thread
 /// count, so the sum order is too), then the partials in order.
-pub(super) const DW_GROUPS: usize = 8;
+const DW_GROUPS: usize = 8;
+
+/// A kernel gradient summed deterministically (im2col's and Winograd's): `units` units of work
+/// (image groups) split into at most `DW_GROUPS` runs of consecutive units, whatever the thread
+/// count; `f(run, partial, scratch, parallel_gemm)` writes the sum of one run into its partial
+/// (`len` floats, zeroed); then the partials are added in order. Returns the sum.
+pub(super) fn sum_in_parts(units: usize, len: usize, scratch: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32], bool) + Sync + Send) -> Vec<f32> {
+    let parts = units.clamp(1, DW_GROUPS);
+    let per_part = units.div_ceil(parts).max(1);
+    let parts = units.div_ceil(per_part).max(1);
+    let mut partial = vec![0f32; parts * len];
+    let per_item = per_item_parallel(parts);
+    let par = gemm_par(per_item);
+    let items: Vec<&mut [f32]> = partial.chunks_mut(len).collect();
+    for_each_item(items, per_item, scratch, |pi, part, s| f(pi * per_part..((pi + 1) * per_part).min(units), part, s, par));
+    let (first, rest) = partial.split_at_mut(len);
+    for part in rest.chunks(len) {
+        for (a, b) in first.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    partial.truncate(len);
+    partial
+}
 
 /// d(loss)/d(w) = Σ_b dY_b · cols_b^T; arguments (x, dY).
 ///
@@ -513,19 +466,9 @@ impl CustomOp2 for ConvGradWeight {
             return Ok((CpuStorage::F32(dw), Shape::from(self.w_dims)));
         }
         let (k, n, nb) = (g.k(), g.n(), g.group());
-        let wlen = g.co * k;
-        // Units of work are groups of `nb` images; each partial gradient sums a run of units.
-        let units = g.b.div_ceil(nb);
-        let parts = units.clamp(1, DW_GROUPS);
-        let per_part = units.div_ceil(parts);
-        let parts = units.div_ceil(per_part);
-        let mut partial = vec![0f32; parts * wlen];
-        let per_item = per_item_parallel(parts);
-        let par = gemm_par(per_item);
-        let items: Vec<&mut [f32]> = partial.chunks_mut(wlen).collect();
-        for_each_item(items, per_item, g.scratch(nb), |pi, dw, s| {
-            let first = pi * per_part;
-            for (j, u) in (first..(first + per_part).min(units)).enumerate() {
+        // Units of work are groups of `nb` images.
+        let dw = sum_in_parts(g.b.div_ceil(nb), g.co * k, g.scratch(nb), |units, dw, s, par| {
+            for (j, u) in units.enumerate() {
                 let imgs = u * nb..((u + 1) * nb).min(g.b);
                 let m = imgs.len();
                 let xg = &x[imgs.start * g.in_len()..imgs.end * g.in_len()];
@@ -549,13 +492,6 @@ impl CustomOp2 for ConvGradWeight {
                 sgemm(g.co, k, l, dw, j > 0, Mat::rows(dy, l), Mat::transposed(cols, l), par);
             }
         });
-        let (first, rest) = partial.split_at_mut(wlen);
-        for part in rest.chunks(wlen) {
-            for (a, b) in first.iter_mut().zip(part) {
-                *a += b;
-            }
-        }
-        partial.truncate(wlen);
-        Ok((CpuStorage::F32(partial), Shape::from(self.w_dims)))
+        Ok((CpuStorage::F32(dw), Shape::from(self.w_dims)))
     }
 }

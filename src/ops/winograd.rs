@@ -1,5 +1,5 @@
 //! 3x3, stride-1, padding-1 convolution by Winograd's minimal filtering F(2x2, 3x3), CPU f32,
-//! for `ops::im2col`'s forward and input-gradient kernels.
+//! for `ops::im2col`'s forward, input-gradient and kernel-gradient kernels.
 //!
 //! Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch around it as
 //! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 16 products per tile and channel pair where the direct
@@ -16,7 +16,8 @@
 //! Determinism: each output element comes from one GEMM (fixed k-order) and fixed transforms,
 //! and image groups depend on the shapes only, never on the thread count.
 
-use super::im2col::{for_each_item, gemm_par, per_item_parallel, sgemm, Mat};
+use super::gemm::{prepare, sgemm, sgemm_prepared, Lhs, Mat};
+use super::im2col::{for_each_item, gemm_par, per_item_parallel, sum_in_parts};
 
 /// `f(o, i, ky, kx)`: the kernel value for output channel `o`, input channel `i`.
 pub(super) trait Kernel: Sync {
@@ -201,7 +202,9 @@ const BLOCK_COLS: usize = 128;
 
 /// `y [B, Co, H, W]` = the 3x3, stride-1, padding-1 convolution of `x [B, C, H, W]` by `k`.
 pub(super) fn conv3x3(s: Shape, x: &[f32], k: &impl Kernel) -> Vec<f32> {
-    let u = transform_kernel(k, s.co, s.c);
+    let ut = transform_kernel(k, s.co, s.c);
+    // U[ξ] is the left operand of every block's GEMMs: prepared once.
+    let u: Vec<Lhs> = ut.chunks_exact(s.co * s.c).map(|uq| prepare(s.co, s.c, Mat::rows(uq, s.c))).collect();
     let (th, tw, nb) = (s.tiles_h(), s.tiles_w(), s.group());
     let (in_len, out_len) = (s.c * s.h * s.w, s.co * s.h * s.w);
     // A block: about BLOCK_COLS tiles, whole tile rows, of one image or (small images) several.
@@ -213,37 +216,21 @@ pub(super) fn conv3x3(s: Shape, x: &[f32], k: &impl Kernel) -> Vec<f32> {
     let scratch = 16 * (s.c + s.co) * rows_per_block.min(nb * th) * tw;
     for_each_item(items, per_item, scratch, |_, (xg, yg), buf| {
         let m = yg.len() / out_len;
-        // The group's tile rows in order, cut into blocks of `rows_per_block`, each block as
-        // (image, first tile row, rows) segments.
+        // The group's tile rows in order, in blocks of `rows_per_block`.
         let all: Vec<(usize, usize)> = (0..m).flat_map(|j| (0..th).map(move |ty| (j, ty))).collect();
-        let blocks = all.chunks(rows_per_block).map(|rows| {
-            let mut segs: Vec<(usize, usize, usize)> = Vec::new();
-            for &(j, ty) in rows {
-                match segs.last_mut() {
-                    Some(last) if last.0 == j => last.2 += 1,
-                    _ => segs.push((j, ty, 1)),
-                }
-            }
-            segs
-        });
-        for segs in blocks {
-            let l: usize = segs.iter().map(|&(_, _, r)| r * tw).sum();
+        for rows in all.chunks(rows_per_block) {
+            let l = rows.len() * tw;
             let (v, rest) = buf.split_at_mut(16 * s.c * l);
             let mm = &mut rest[..16 * s.co * l];
-            let mut off = 0;
-            for &(j, ty0, rows) in &segs {
-                transform_input(&s, &xg[j * in_len..(j + 1) * in_len], ty0, rows, v, l, off);
-                off += rows * tw;
+            for (k, &(j, ty)) in rows.iter().enumerate() {
+                transform_input(&s, &xg[j * in_len..(j + 1) * in_len], ty, 1, v, l, k * tw);
             }
-            for q in 0..16 {
-                let uq = &u[q * s.co * s.c..(q + 1) * s.co * s.c];
+            for (q, uq) in u.iter().enumerate() {
                 let vq = &v[q * s.c * l..(q + 1) * s.c * l];
-                sgemm(s.co, l, s.c, &mut mm[q * s.co * l..(q + 1) * s.co * l], false, Mat::rows(uq, s.c), Mat::rows(vq, l), par);
+                sgemm_prepared(l, &mut mm[q * s.co * l..(q + 1) * s.co * l], false, uq, Mat::rows(vq, l), par);
             }
-            let mut off = 0;
-            for &(j, ty0, rows) in &segs {
-                transform_output(&s, mm, l, off, ty0, rows, &mut yg[j * out_len..(j + 1) * out_len]);
-                off += rows * tw;
+            for (k, &(j, ty)) in rows.iter().enumerate() {
+                transform_output(&s, mm, l, k * tw, ty, 1, &mut yg[j * out_len..(j + 1) * out_len]);
             }
         }
     });
@@ -290,24 +277,16 @@ fn transform_grad(s: &Shape, gy: &[f32], ty0: usize, rows: usize, dm: &mut [f32]
 /// `dW [Co, C, 3, 3]` of the 3x3, stride-1, padding-1 convolution of `x [B, C, H, W]` whose
 /// output gradient is `gy [B, Co, H, W]`: `dU[ξ] = Σ_tiles dM[ξ] · V[ξ]ᵀ` (16 GEMMs over the
 /// tiles, the forward's `V`), then `dW = Gᵀ dU G` (the transpose of the kernel transform).
-/// Image groups are summed into `DW_GROUPS` partial sums, then the partials in order, as
-/// `im2col`'s kernel gradient: the result never depends on the thread count.
+/// Image groups are summed by `im2col::sum_in_parts`, as `im2col`'s kernel gradient: the
+/// result never depends on the thread count.
 pub(super) fn kernel_grad3x3(s: Shape, x: &[f32], gy: &[f32]) -> Vec<f32> {
     let (th, tw, nb) = (s.tiles_h(), s.tiles_w(), s.group());
     let (in_len, out_len, ulen) = (s.c * s.h * s.w, s.co * s.h * s.w, 16 * s.co * s.c);
     let rows_per_block = BLOCK_COLS.div_ceil(tw);
-    let units = s.b.div_ceil(nb);
-    let parts = units.clamp(1, super::im2col::DW_GROUPS);
-    let per_part = units.div_ceil(parts);
-    let parts = units.div_ceil(per_part);
-    let mut partial = vec![0f32; parts * ulen];
-    let per_item = per_item_parallel(parts);
-    let par = gemm_par(per_item);
     let scratch = 16 * (s.c + s.co) * rows_per_block.min(nb * th) * tw;
-    let items: Vec<&mut [f32]> = partial.chunks_mut(ulen).collect();
-    for_each_item(items, per_item, scratch, |pi, du, buf| {
-        let imgs = pi * per_part * nb..((pi + 1) * per_part * nb).min(s.b);
-        // This part's tile rows in order, in blocks of `rows_per_block` as in the forward.
+    let du = sum_in_parts(s.b.div_ceil(nb), ulen, scratch, |units, du, buf, par| {
+        let imgs = units.start * nb..(units.end * nb).min(s.b);
+        // This run's tile rows in order, in blocks of `rows_per_block` as in the forward.
         let all: Vec<(usize, usize)> = imgs.flat_map(|j| (0..th).map(move |ty| (j, ty))).collect();
         for (bi, rows) in all.chunks(rows_per_block).enumerate() {
             let l = rows.len() * tw;
@@ -323,12 +302,6 @@ pub(super) fn kernel_grad3x3(s: Shape, x: &[f32], gy: &[f32]) -> Vec<f32> {
             }
         }
     });
-    let (du, rest) = partial.split_at_mut(ulen);
-    for part in rest.chunks(ulen) {
-        for (a, b) in du.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
     // dW = Gᵀ dU G per channel pair, Gᵀ = [[1, ½, ½, 0], [0, ½, -½, 0], [0, ½, ½, 1]].
     let plane = s.co * s.c;
     let mut dw = vec![0f32; s.co * s.c * 9];

@@ -86,7 +86,7 @@ def bench(name, device, batch, size, warmup, steps, bf16):
     return train, infer
 
 
-def bench_epoch(name, device, data, batch, size, workers):
+def bench_epoch(name, device, data, batch, size, workers, bf16=False):
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -113,6 +113,8 @@ def bench_epoch(name, device, data, batch, size, workers):
 
     loader = DataLoader(Decoded(), batch_size=batch, shuffle=True, num_workers=workers)
     m = build(name).to(device)
+    if bf16:
+        m = m.to(memory_format=torch.channels_last)
     m.train()
     opt = torch.optim.SGD(m.parameters(), lr=5e-5, weight_decay=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
@@ -121,7 +123,12 @@ def bench_epoch(name, device, data, batch, size, workers):
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         opt.zero_grad(set_to_none=True)
-        loss_fn(m(x), y).backward()
+        if bf16:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = loss_fn(m(x.to(memory_format=torch.channels_last)), y)
+        else:
+            loss = loss_fn(m(x), y)
+        loss.backward()
         opt.step()
         n += len(y)
     sync(device)
@@ -165,7 +172,7 @@ def main():
             record({"backbone": name, "batch_size": a.batch_size, "image_size": a.image_size,
                     "train_img_per_sec": train, "eval_img_per_sec": infer, "threads": torch.get_num_threads()})
         if a.data:
-            decode, epoch, n = bench_epoch(name, device, a.data, a.batch_size, a.image_size, a.workers)
+            decode, epoch, n = bench_epoch(name, device, a.data, a.batch_size, a.image_size, a.workers, a.bf16)
             print(f"{name:<20} epoch on {a.data}: decode {decode:.1f} s, augment + train {epoch:.1f} s "
                   f"for {n} photos ({n / epoch:.1f} img/s, {a.workers} loader workers)")
             record({"backbone": name, "batch_size": a.batch_size, "image_size": a.image_size, "images": n,

@@ -1,6 +1,8 @@
 """The workbook against PyTorch on the same machine, in one run: `finetune bench` and
 `bench_torch.py` back to back for each backbone and batch size (same threads, random data,
-fp32), then one real epoch on the photos each (`--data`), as one Markdown table with the ratios.
+fp32, or with `--precision bf16` the workbook's bf16 convolutions against PyTorch's bf16
+autocast with channels-last), then one real epoch on the photos each (`--data`), as one
+Markdown table with the ratios.
 Peak RSS is each benchmark process's own (os.wait4), so both sides are measured alike.
 
     just bench-compare
@@ -55,12 +57,22 @@ def main():
     p.add_argument("--data-batch", type=int, default=128)
     p.add_argument("--finetune", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release", "finetune"))
     p.add_argument("--python", default=".venv/bin/python", help="a Python with torch and torchvision")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: the workbook's --precision bf16 against PyTorch's bf16 autocast (channels-last)")
+    p.add_argument("--torch-precision", choices=["f32", "bf16"],
+                   help="PyTorch's side when it should differ from --precision (e.g. the workbook in bf16 against PyTorch in fp32)")
     a = p.parse_args()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     torch_cmd = [a.python, "tools/bench/bench_torch.py", "--threads", str(a.threads), "--image-size", str(a.image_size)]
-    ours_cmd = [a.finetune, "bench", "--image-size", str(a.image_size)]
-    print(f"{cpu_name()}, {os.cpu_count()} cores, {a.threads} threads each, fp32, {a.image_size} px, "
+    ours_cmd = [a.finetune, "bench", "--image-size", str(a.image_size), "--precision", a.precision]
+    torch_precision = a.torch_precision or a.precision
+    if torch_precision == "bf16":
+        torch_cmd.append("--bf16")
+    ours_kind = "fp32" if a.precision == "f32" else "bf16 products, f32 sums"
+    torch_kind = "fp32" if torch_precision == "f32" else "bf16 autocast, channels-last"
+    kind = "fp32" if ours_kind == torch_kind == "fp32" else f"workbook {ours_kind}, PyTorch {torch_kind}"
+    print(f"{cpu_name()}, {os.cpu_count()} cores, {a.threads} threads each, {kind}, {a.image_size} px, "
           f"{a.warmup} warm-up + {a.steps} timed steps, random data\n")
     print("| backbone | batch | train img/s: workbook / PyTorch | ratio | inference img/s: workbook / PyTorch | ratio | peak RSS MiB: workbook / PyTorch | ratio |")
     print("|---|---|---|---|---|---|---|---|")
