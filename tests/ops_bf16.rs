@@ -6,12 +6,12 @@
 //! Its own test binary: the precision is process-wide. On a CPU without AVX512-BF16 the tests
 //! check that `set_precision` refuses it, and skip the rest.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Tensor};
 use transfer_workbook::ops::gemm::{gemm_with, Mat};
-use transfer_workbook::ops::{bf16_supported, conv2d, set_precision, Precision};
+use transfer_workbook::ops::{bf16_supported, set_precision, Precision};
 
 mod support;
-use support::uniform_values as values;
+use support::{conv_outputs, max_difference, uniform_values as values};
 
 fn bf16(x: f32) -> f64 {
     half::bf16::from_f32(x).to_f32() as f64
@@ -106,13 +106,6 @@ fn operands_round_to_nearest_even_like_half() {
     assert!(y[0].is_nan());
 }
 
-fn conv_run(x: &Tensor, w: &Tensor, r: &Tensor, stride: usize, pad: usize) -> Vec<Vec<f32>> {
-    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
-    let y = conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
-    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-    [&y, g.get(xv.as_tensor()).unwrap(), g.get(wv.as_tensor()).unwrap()].iter().map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
-}
-
 #[test]
 fn convolutions_take_the_bf16_path_when_asked() {
     if !bf16_supported() {
@@ -134,15 +127,14 @@ fn convolutions_take_the_bf16_path_when_asked() {
         let (ho, wo) = ((h + 2 * pd - kk) / st + 1, (w + 2 * pd - kk) / st + 1);
         let r = Tensor::from_vec(values(b * co * ho * wo, s + 2), (b, co, ho, wo), &dev).unwrap();
         set_precision(Precision::F32).unwrap();
-        let exact = conv_run(&x, &k, &r, st, pd);
+        let exact = conv_outputs(&x, &k, &r, st, pd);
         set_precision(Precision::Bf16).unwrap();
-        let low = conv_run(&x, &k, &r, st, pd);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| conv_run(&x, &k, &r, st, pd));
+        let low = conv_outputs(&x, &k, &r, st, pd);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| conv_outputs(&x, &k, &r, st, pd));
         set_precision(Precision::F32).unwrap();
         for (what, ((l, e), o)) in ["y", "dx", "dw"].iter().zip(low.iter().zip(&exact).zip(&one)) {
             assert_eq!(l, o, "{what} of case {i}: bf16 result depends on the thread count");
-            let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = l.iter().zip(e).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            let (err, scale) = max_difference(l, e);
             // Each operand rounds by at most 2^-9 relative: sums of many products move by far less
             // than 1% of the largest output, and by more than f32 rounding does.
             assert!(err <= 1e-2 * scale, "{what} of case {i}: bf16 differs from f32 by {err:e} (scale {scale:e})");

@@ -49,3 +49,20 @@ pub fn uniform_values(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.gen_range(-1f32..1f32)).collect()
 }
+
+/// `y`, `dx` and `dw` of `ops::conv2d(x, w, stride, pad)` under the loss `Σ r * y` (so dY = r),
+/// flattened: what the convolution tests compare between paths and precisions.
+pub fn conv_outputs(x: &candle_core::Tensor, w: &candle_core::Tensor, r: &candle_core::Tensor, stride: usize, pad: usize) -> Vec<Vec<f32>> {
+    use candle_core::Var;
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = transfer_workbook::ops::conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
+    let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    [&y, g.get(xv.as_tensor()).unwrap(), g.get(wv.as_tensor()).unwrap()].iter().map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+}
+
+/// `(max |got - want|, max |want|)`: a difference and the scale it is judged against.
+pub fn max_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(want).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    (err, scale)
+}

@@ -34,15 +34,26 @@ def build(name):
     return m
 
 
+def prepared(m, bf16):
+    """The model as the run uses it: channels-last for bf16 (oneDNN's fast bf16 layout)."""
+    return m.to(memory_format=torch.channels_last) if bf16 else m
+
+
+def loss_of(m, x, y, loss_fn, bf16):
+    """The training loss, under bf16 autocast (channels-last input) when asked."""
+    if not bf16:
+        return loss_fn(m(x), y)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return loss_fn(m(x.to(memory_format=torch.channels_last)), y)
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def bench(name, device, batch, size, warmup, steps, bf16):
-    m = build(name).to(device)
-    if bf16:
-        m = m.to(memory_format=torch.channels_last)
+    m = prepared(build(name).to(device), bf16)
     opt = torch.optim.SGD(m.parameters(), lr=1e-5, weight_decay=1e-3)
     x = torch.randn(batch, 3, size, size, device=device)
     if bf16:
@@ -52,12 +63,7 @@ def bench(name, device, batch, size, warmup, steps, bf16):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        if bf16:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = loss_fn(m(x), y)
-        else:
-            loss = loss_fn(m(x), y)
-        loss.backward()
+        loss_of(m, x, y, loss_fn, bf16).backward()
         opt.step()
 
     m.train()
@@ -112,9 +118,7 @@ def bench_epoch(name, device, data, batch, size, workers, bf16=False):
             return aug(img), y
 
     loader = DataLoader(Decoded(), batch_size=batch, shuffle=True, num_workers=workers)
-    m = build(name).to(device)
-    if bf16:
-        m = m.to(memory_format=torch.channels_last)
+    m = prepared(build(name).to(device), bf16)
     m.train()
     opt = torch.optim.SGD(m.parameters(), lr=5e-5, weight_decay=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
@@ -123,12 +127,7 @@ def bench_epoch(name, device, data, batch, size, workers, bf16=False):
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         opt.zero_grad(set_to_none=True)
-        if bf16:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = loss_fn(m(x.to(memory_format=torch.channels_last)), y)
-        else:
-            loss = loss_fn(m(x), y)
-        loss.backward()
+        loss_of(m, x, y, loss_fn, bf16).backward()
         opt.step()
         n += len(y)
     sync(device)
