@@ -208,3 +208,31 @@ fn training_is_bit_identical_with_one_and_two_threads() {
         assert!(same, "{k} differs between 1 and 2 threads");
     }
 }
+
+/// Every epoch's test and validation scores are what a full forward pass of that epoch's model
+/// gives, bit for bit: also where the phase evaluates from cached backbone features (backbone
+/// frozen, BatchNorm `Frozen`), and where it must not (BatchNorm `Train` moves the running
+/// statistics; `Below` trains the top blocks), which a wrongly shared cache would get wrong.
+#[test]
+fn per_epoch_evaluation_equals_a_full_forward_pass_with_or_without_cached_features() {
+    use transfer_workbook::train::evaluate;
+    let data = tempfile::tempdir().unwrap();
+    for (freeze, bn) in [(Freeze::Backbone, BnMode::Frozen), (Freeze::Backbone, BnMode::Train), (Freeze::Below("layer4".into()), BnMode::Frozen)] {
+        let (tr, te, model) = data_and_model(data.path(), Freeze::Nothing);
+        let (tr, val) = transfer_workbook::data::carve_validation(&tr, 0.25, 3).unwrap();
+        let (tr, val) = (Arc::new(tr), Arc::new(val));
+        let cfg = run_config(None, false);
+        let pipe = Arc::new(cfg.test_pipeline.clone());
+        let mut seen = Vec::new();
+        let out = train_validated(model, tr, Some(val.clone()), te.clone(), &[adam_phase(3, freeze.clone(), bn)], &cfg, &mut |rec, _| seen.push(rec.clone())).unwrap();
+        // The last epoch's scores against the trained model's, by full forward passes.
+        let last = seen.last().unwrap();
+        let (test_loss, test_acc) = evaluate(&out.model, &te, &pipe, cfg.batch_size).unwrap();
+        let (val_loss, val_acc) = evaluate(&out.model, &val, &pipe, cfg.batch_size).unwrap();
+        let what = format!("{freeze:?}, BatchNorm {bn:?}");
+        assert_eq!((last.test_loss, last.test_acc), (test_loss, test_acc), "{what}: test");
+        assert_eq!((last.val_loss, last.val_acc), (Some(val_loss), Some(val_acc)), "{what}: validation");
+        // The head moved between epochs, so the scores did too (the cache is not a stale copy).
+        assert_ne!(seen[0].test_loss, last.test_loss, "{what}");
+    }
+}

@@ -186,6 +186,12 @@ impl Classifier {
         self.features.features_t(x, train)
     }
 
+    /// Logits `[B, num_classes]` of pooled features `[B, D]` in evaluation mode (no dropout):
+    /// `forward_t(x, false)` is `head_logits(&features_t(x, false))`, bit for bit.
+    pub fn head_logits(&self, features: &Tensor) -> Result<Tensor> {
+        self.head.forward(features)
+    }
+
     /// Logits `[B, num_classes]`; `train` selects training behaviour (BatchNorm per `bn_mode`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let f = self.features.features_t(x, train)?;

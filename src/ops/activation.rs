@@ -4,9 +4,8 @@
 //! `ge`, cast, multiply); this op does one pass forward and one backward on the CPU, and falls
 //! back to Candle's `relu` (and `relu(x) - relu(x - 6)`) elsewhere.
 
-use super::cpu_f32;
+use super::{cpu_f32, par_output};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Elements per parallel task: large enough that the inner loop runs vectorised, small
 /// enough to spread a layer's activations over the threads.
@@ -44,9 +43,8 @@ impl CustomOp1 for Clip {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_f32(s, l, self.name)?;
         let hi = self.hi;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(ys, xs)| {
-            ys.copy_from_slice(xs);
+        let y = par_output(x.len(), CHUNK, |i, ys| {
+            ys.copy_from_slice(&x[i * CHUNK..i * CHUNK + ys.len()]);
             clip_in_place(ys, hi);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
@@ -87,8 +85,8 @@ impl CustomOp2 for ClipGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (y, g) = (cpu_f32(s1, l1, "clip-grad")?, cpu_f32(s2, l2, "clip-grad")?);
         let hi = self.hi;
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(os, (ys, gs))| {
+        let out = par_output(y.len(), CHUNK, |i, os| {
+            let (ys, gs) = (&y[i * CHUNK..i * CHUNK + os.len()], &g[i * CHUNK..i * CHUNK + os.len()]);
             for ((o, &y), &g) in os.iter_mut().zip(ys).zip(gs) {
                 let pass = (y > 0.0) & (y < hi);
                 *o = if pass { g } else { 0.0 };

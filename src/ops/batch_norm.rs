@@ -11,7 +11,7 @@
 //! `db = Σg`, `dw = Σ g x̂`, and `dx = w * inv_std * (g - (db + x̂ dw) / M)` with batch
 //! statistics, or `dx = w * inv_std * g` when the statistics are constants (running stats).
 
-use super::cpu_f32;
+use super::{cpu_f32, par_output};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -161,8 +161,8 @@ impl Normalize {
         let d = dims(l1)?;
         let (w, b) = wb.split_at(d.c);
         let clip = self.act.clip();
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw)).enumerate().for_each(|(i, (yp, xp))| {
+        let y = par_output(x.len(), d.hw, |i, yp| {
+            let xp = &x[i * d.hw..(i + 1) * d.hw];
             let c = i % d.c;
             let scale = w[c] * self.inv_std[c];
             let shift = b[c] - self.mean[c] * scale;
@@ -295,8 +295,8 @@ impl CustomOp2 for GradInput {
         let (x, g) = (cpu_f32(s1, l1, "batch norm")?, cpu_f32(s2, l2, "batch norm")?);
         let d = dims(l1)?;
         let m = (d.n * d.hw) as f32;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(d.hw).zip(x.par_chunks(d.hw).zip(g.par_chunks(d.hw))).enumerate().for_each(|(i, (dp, (xp, gp)))| {
+        let dx = par_output(x.len(), d.hw, |i, dp| {
+            let (xp, gp) = (&x[i * d.hw..(i + 1) * d.hw], &g[i * d.hw..(i + 1) * d.hw]);
             let c = i % d.c;
             let k = self.weight[c] * self.inv_std[c];
             if self.batch_stats {

@@ -11,7 +11,9 @@
 //! k-values. Loops: k-blocks (outer, in order) → pack all of `lhs`'s block → column panels
 //! (pack `rhs`'s panel, 24 KB, stays in L1) → row panels. A parallel product splits the
 //! column panels over the threads; every element still sums its k-blocks in order and each
-//! block in one fixed order, so results never depend on the thread count.
+//! block in one fixed order, so results never depend on the thread count. A left operand used
+//! by several products (Winograd's transformed kernel) can be packed once (`Packed`,
+//! `gemm_packed`): the same arithmetic in the same order.
 
 use super::gemm::Mat;
 use rayon::prelude::*;
@@ -55,8 +57,9 @@ fn pair(a: f32, b: f32) -> u32 {
 
 /// Pack k-values `k0..k0 + kc` of `w` lines `o0..o0 + w` of `src` (`src[k * ks + o * os]`) as
 /// `out[p * W + j]` = the pair (k0 + 2p, k0 + 2p + 1) of line `o0 + j`; zeros past `kc` and `w`.
-/// Sixteen lines at a time with AVX512-BF16's conversion where a layout allows it (the rest,
-/// and other layouts, by `pair`, compiled for AVX-512 so those loops vectorise too).
+/// With AVX512-BF16's conversion where a layout allows it (16 lines at a time across rows;
+/// 16, 8 or 4 along lines, `vector`); the rest, and other layouts, by `pair`, compiled for
+/// AVX-512 so those loops vectorise too.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bw,avx512bf16"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pack<const W: usize>(src: &[f32], ks: usize, os: usize, k0: usize, kc: usize, o0: usize, w: usize, out: &mut [u32]) {

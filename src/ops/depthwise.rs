@@ -5,7 +5,7 @@
 //! (parallel over batch x channel planes); other devices use a formulation from shifted
 //! slices times per-channel weights, which autograd differentiates.
 
-use super::cpu_f32;
+use super::{cpu_f32, par_output};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,8 +123,7 @@ impl CustomOp2 for DwConv {
         let (x, w) = (cpu_f32(s1, l1, "depthwise conv")?, cpu_f32(s2, l2, "depthwise conv")?);
         let g = self.geometry(l1)?;
         let (k, p) = (self.k, self.p);
-        let mut out = vec![0f32; g.planes * g.ho * g.wo];
-        out.par_chunks_mut(g.ho * g.wo).enumerate().for_each(|(plane, o)| {
+        let out = par_output(g.planes * g.ho * g.wo, g.ho * g.wo, |plane, o| {
             let xi = &x[plane * g.h * g.w..(plane + 1) * g.h * g.w];
             let wk = &w[(plane % g.c) * k * k..(plane % g.c + 1) * k * k];
             for ky in 0..k {
@@ -188,8 +187,7 @@ impl CustomOp2 for DwGradInput {
         let (b, c, h, wd) = self.x_dims;
         let (k, p) = (self.op.k, self.op.p);
         let (ho, wo) = p.out_size(h, wd, k);
-        let mut gx = vec![0f32; b * c * h * wd];
-        gx.par_chunks_mut(h * wd).enumerate().for_each(|(plane, gxi)| {
+        let gx = par_output(b * c * h * wd, h * wd, |plane, gxi| {
             let g = &gy[plane * ho * wo..(plane + 1) * ho * wo];
             let wk = &w[(plane % c) * k * k..(plane % c + 1) * k * k];
             for ky in 0..k {

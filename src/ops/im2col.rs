@@ -16,7 +16,7 @@
 //! images (`DW_GROUPS`), the groups in order, so the result never depends on scheduling.
 
 use super::gemm::{sgemm, Mat};
-use super::{cpu_f32, winograd};
+use super::{cpu_f32, par_zeros, winograd};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -316,7 +316,7 @@ impl CustomOp2 for Conv {
             return Ok((CpuStorage::F32(y), Shape::from((g.b, g.co, g.ho, g.wo))));
         }
         let (k, n, nb) = (g.k(), g.n(), g.group());
-        let mut y = vec![0f32; g.b * g.co * n];
+        let mut y = par_zeros(g.b * g.co * n);
         let items: Vec<(&[f32], &mut [f32])> = x.chunks(nb * g.in_len()).zip(y.chunks_mut(nb * g.co * n)).collect();
         let per_item = per_item_parallel(items.len());
         let par = gemm_par(per_item);
@@ -379,7 +379,7 @@ impl CustomOp2 for ConvGradInput {
             return Ok((CpuStorage::F32(dx), Shape::from(self.x_dims)));
         }
         let (k, n, nb) = (g.k(), g.n(), g.group());
-        let mut dx = vec![0f32; g.b * g.in_len()];
+        let mut dx = par_zeros(g.b * g.in_len());
         let items: Vec<(&[f32], &mut [f32])> = gy.chunks(nb * g.co * n).zip(dx.chunks_mut(nb * g.in_len())).collect();
         let per_item = per_item_parallel(items.len());
         let par = gemm_par(per_item);

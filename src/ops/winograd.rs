@@ -18,6 +18,7 @@
 
 use super::gemm::{prepare, sgemm, sgemm_prepared, Lhs, Mat};
 use super::im2col::{for_each_item, gemm_par, per_item_parallel, sum_in_parts};
+use super::par_zeros;
 
 /// `f(o, i, ky, kx)`: the kernel value for output channel `o`, input channel `i`.
 pub(super) trait Kernel: Sync {
@@ -102,10 +103,9 @@ fn transform_kernel(k: &impl Kernel, co: usize, c: usize) -> Vec<f32> {
     u
 }
 
-/// `V[ξ][c][off + k * tw + tx]` = `Bᵀ d B` of the tiles of tile rows `ty0 + k` (`k < rows`)
-/// of one image `x [C, H, W]`, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`;
-/// `V` is `[16, C, ld]`.
-fn transform_input(s: &Shape, x: &[f32], ty0: usize, rows: usize, v: &mut [f32], ld: usize, off: usize) {
+/// `V[ξ][c][off + tx]` = `Bᵀ d B` of the tiles of tile row `ty` of one image `x [C, H, W]`,
+/// with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`; `V` is `[16, C, ld]`.
+fn transform_input(s: &Shape, x: &[f32], ty: usize, v: &mut [f32], ld: usize, off: usize) {
     let tw = s.tiles_w();
     let pw = 2 * tw + 2; // padded row: one zero column left, zeros past the right edge
     let mut d = vec![0f32; 4 * pw];
@@ -113,83 +113,77 @@ fn transform_input(s: &Shape, x: &[f32], ty0: usize, rows: usize, v: &mut [f32],
     let plane = s.c * ld;
     for c in 0..s.c {
         let xc = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
-        for k in 0..rows {
-            let ty = ty0 + k;
-            // The 4 input rows 2ty-1 ..= 2ty+2, zero outside the image.
-            for (r, row) in d.chunks_exact_mut(pw).enumerate() {
-                let iy = (2 * ty + r) as isize - 1;
-                if iy >= 0 && (iy as usize) < s.h {
-                    let iy = iy as usize;
-                    row[0] = 0.0;
-                    row[1..1 + s.w].copy_from_slice(&xc[iy * s.w..(iy + 1) * s.w]);
-                    row[1 + s.w..].fill(0.0);
-                } else {
-                    row.fill(0.0);
-                }
+        // The 4 input rows 2ty-1 ..= 2ty+2, zero outside the image.
+        for (r, row) in d.chunks_exact_mut(pw).enumerate() {
+            let iy = (2 * ty + r) as isize - 1;
+            if iy >= 0 && (iy as usize) < s.h {
+                let iy = iy as usize;
+                row[0] = 0.0;
+                row[1..1 + s.w].copy_from_slice(&xc[iy * s.w..(iy + 1) * s.w]);
+                row[1 + s.w..].fill(0.0);
+            } else {
+                row.fill(0.0);
             }
-            // t = Bᵀ d down the rows, every column at once.
-            let (d0, d1, d2, d3) = (&d[..pw], &d[pw..2 * pw], &d[2 * pw..3 * pw], &d[3 * pw..]);
-            let (t0, rest) = t.split_at_mut(pw);
-            let (t1, rest) = rest.split_at_mut(pw);
-            let (t2, t3) = rest.split_at_mut(pw);
-            for j in 0..pw {
-                t0[j] = d0[j] - d2[j];
-                t1[j] = d1[j] + d2[j];
-                t2[j] = d2[j] - d1[j];
-                t3[j] = d1[j] - d3[j];
-            }
-            // V = t B across the columns of each tile.
-            let col = c * ld + off + k * tw;
-            for (r, tr) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
-                let at = |q: usize| (r * 4 + q) * plane + col;
-                let (rest, v3) = v.split_at_mut(at(3));
-                let (rest, v2) = rest.split_at_mut(at(2));
-                let (rest, v1) = rest.split_at_mut(at(1));
-                let v0 = &mut rest[at(0)..at(0) + tw];
-                let (v1, v2, v3) = (&mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
-                for (tx, q) in tr.windows(4).step_by(2).take(tw).enumerate() {
-                    v0[tx] = q[0] - q[2];
-                    v1[tx] = q[1] + q[2];
-                    v2[tx] = q[2] - q[1];
-                    v3[tx] = q[1] - q[3];
-                }
+        }
+        // t = Bᵀ d down the rows, every column at once.
+        let (d0, d1, d2, d3) = (&d[..pw], &d[pw..2 * pw], &d[2 * pw..3 * pw], &d[3 * pw..]);
+        let (t0, rest) = t.split_at_mut(pw);
+        let (t1, rest) = rest.split_at_mut(pw);
+        let (t2, t3) = rest.split_at_mut(pw);
+        for j in 0..pw {
+            t0[j] = d0[j] - d2[j];
+            t1[j] = d1[j] + d2[j];
+            t2[j] = d2[j] - d1[j];
+            t3[j] = d1[j] - d3[j];
+        }
+        // V = t B across the columns of each tile.
+        let col = c * ld + off;
+        for (r, tr) in [&*t0, &*t1, &*t2, &*t3].into_iter().enumerate() {
+            let at = |q: usize| (r * 4 + q) * plane + col;
+            let (rest, v3) = v.split_at_mut(at(3));
+            let (rest, v2) = rest.split_at_mut(at(2));
+            let (rest, v1) = rest.split_at_mut(at(1));
+            let v0 = &mut rest[at(0)..at(0) + tw];
+            let (v1, v2, v3) = (&mut v1[..tw], &mut v2[..tw], &mut v3[..tw]);
+            for (tx, q) in tr.windows(4).step_by(2).take(tw).enumerate() {
+                v0[tx] = q[0] - q[2];
+                v1[tx] = q[1] + q[2];
+                v2[tx] = q[2] - q[1];
+                v3[tx] = q[1] - q[3];
             }
         }
     }
 }
 
-/// Output rows of tile rows `ty0 + k` (`k < rows`) of one image `y [Co, H, W]` from
-/// `M[ξ][o][off + k * tw + tx]` (`[16, Co, ld]`) by `Aᵀ M A`, `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`;
-/// outputs past an odd edge are dropped.
-fn transform_output(s: &Shape, m: &[f32], ld: usize, off: usize, ty0: usize, rows: usize, y: &mut [f32]) {
+/// Output rows of tile row `ty` of one image `y [Co, H, W]` from `M[ξ][o][off + tx]`
+/// (`[16, Co, ld]`) by `Aᵀ M A`, `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`; outputs past an odd
+/// edge are dropped.
+fn transform_output(s: &Shape, m: &[f32], ld: usize, off: usize, ty: usize, y: &mut [f32]) {
     let tw = s.tiles_w();
     let plane = s.co * ld;
     let mut out = vec![0f32; 2 * 2 * tw];
     for o in 0..s.co {
         let yo = &mut y[o * s.h * s.w..(o + 1) * s.h * s.w];
-        for k in 0..rows {
-            let ty = ty0 + k;
-            let col = o * ld + off + k * tw;
-            let mq: [&[f32]; 16] = std::array::from_fn(|q| &m[q * plane + col..q * plane + col + tw]);
-            let (r0, r1) = out.split_at_mut(2 * tw);
-            for tx in 0..tw {
-                // a = Aᵀ M (2x4), then y = a A (2x2).
-                let mut a = [[0f32; 4]; 2];
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (mq[j][tx], mq[4 + j][tx], mq[8 + j][tx], mq[12 + j][tx]);
-                    a[0][j] = m0 + m1 + m2;
-                    a[1][j] = m1 - m2 - m3;
-                }
-                r0[2 * tx] = a[0][0] + a[0][1] + a[0][2];
-                r0[2 * tx + 1] = a[0][1] - a[0][2] - a[0][3];
-                r1[2 * tx] = a[1][0] + a[1][1] + a[1][2];
-                r1[2 * tx + 1] = a[1][1] - a[1][2] - a[1][3];
+        let col = o * ld + off;
+        let mq: [&[f32]; 16] = std::array::from_fn(|q| &m[q * plane + col..q * plane + col + tw]);
+        let (r0, r1) = out.split_at_mut(2 * tw);
+        for tx in 0..tw {
+            // a = Aᵀ M (2x4), then y = a A (2x2).
+            let mut a = [[0f32; 4]; 2];
+            for j in 0..4 {
+                let (m0, m1, m2, m3) = (mq[j][tx], mq[4 + j][tx], mq[8 + j][tx], mq[12 + j][tx]);
+                a[0][j] = m0 + m1 + m2;
+                a[1][j] = m1 - m2 - m3;
             }
-            for (dy, r) in out.chunks_exact(2 * tw).enumerate() {
-                let oy = 2 * ty + dy;
-                if oy < s.h {
-                    yo[oy * s.w..(oy + 1) * s.w].copy_from_slice(&r[..s.w]);
-                }
+            r0[2 * tx] = a[0][0] + a[0][1] + a[0][2];
+            r0[2 * tx + 1] = a[0][1] - a[0][2] - a[0][3];
+            r1[2 * tx] = a[1][0] + a[1][1] + a[1][2];
+            r1[2 * tx + 1] = a[1][1] - a[1][2] - a[1][3];
+        }
+        for (dy, r) in out.chunks_exact(2 * tw).enumerate() {
+            let oy = 2 * ty + dy;
+            if oy < s.h {
+                yo[oy * s.w..(oy + 1) * s.w].copy_from_slice(&r[..s.w]);
             }
         }
     }
@@ -209,7 +203,7 @@ pub(super) fn conv3x3(s: Shape, x: &[f32], k: &impl Kernel) -> Vec<f32> {
     let (in_len, out_len) = (s.c * s.h * s.w, s.co * s.h * s.w);
     // A block: about BLOCK_COLS tiles, whole tile rows, of one image or (small images) several.
     let rows_per_block = BLOCK_COLS.div_ceil(tw);
-    let mut y = vec![0f32; s.b * out_len];
+    let mut y = par_zeros(s.b * out_len);
     let items: Vec<(&[f32], &mut [f32])> = x.chunks(nb * in_len).zip(y.chunks_mut(nb * out_len)).collect();
     let per_item = per_item_parallel(items.len());
     let par = gemm_par(per_item);
@@ -223,51 +217,48 @@ pub(super) fn conv3x3(s: Shape, x: &[f32], k: &impl Kernel) -> Vec<f32> {
             let (v, rest) = buf.split_at_mut(16 * s.c * l);
             let mm = &mut rest[..16 * s.co * l];
             for (k, &(j, ty)) in rows.iter().enumerate() {
-                transform_input(&s, &xg[j * in_len..(j + 1) * in_len], ty, 1, v, l, k * tw);
+                transform_input(&s, &xg[j * in_len..(j + 1) * in_len], ty, v, l, k * tw);
             }
             for (q, uq) in u.iter().enumerate() {
                 let vq = &v[q * s.c * l..(q + 1) * s.c * l];
                 sgemm_prepared(l, &mut mm[q * s.co * l..(q + 1) * s.co * l], false, uq, Mat::rows(vq, l), par);
             }
             for (k, &(j, ty)) in rows.iter().enumerate() {
-                transform_output(&s, mm, l, k * tw, ty, 1, &mut yg[j * out_len..(j + 1) * out_len]);
+                transform_output(&s, mm, l, k * tw, ty, &mut yg[j * out_len..(j + 1) * out_len]);
             }
         }
     });
     y
 }
 
-/// `dM[ξ][o][off + k * tw + tx]` = `A dY Aᵀ` of the 2x2 output-gradient tiles of tile rows
-/// `ty0 + k` (`k < rows`) of one image `gy [Co, H, W]` (zeros past an odd edge); `dM` is
-/// `[16, Co, ld]`. The transpose of the output transform: `y = Aᵀ M A` gives `dM = A dy Aᵀ`.
-fn transform_grad(s: &Shape, gy: &[f32], ty0: usize, rows: usize, dm: &mut [f32], ld: usize, off: usize) {
+/// `dM[ξ][o][off + tx]` = `A dY Aᵀ` of the 2x2 output-gradient tiles of tile row `ty` of one
+/// image `gy [Co, H, W]` (zeros past an odd edge); `dM` is `[16, Co, ld]`. The transpose of the
+/// output transform: `y = Aᵀ M A` gives `dM = A dy Aᵀ`.
+fn transform_grad(s: &Shape, gy: &[f32], ty: usize, dm: &mut [f32], ld: usize, off: usize) {
     let tw = s.tiles_w();
     let plane = s.co * ld;
     let mut p = vec![0f32; 2 * 2 * tw];
     for o in 0..s.co {
         let go = &gy[o * s.h * s.w..(o + 1) * s.h * s.w];
-        for k in 0..rows {
-            let ty = ty0 + k;
-            for (dy, row) in p.chunks_exact_mut(2 * tw).enumerate() {
-                let oy = 2 * ty + dy;
-                if oy < s.h {
-                    row[..s.w].copy_from_slice(&go[oy * s.w..(oy + 1) * s.w]);
-                    row[s.w..].fill(0.0);
-                } else {
-                    row.fill(0.0);
-                }
+        for (dy, row) in p.chunks_exact_mut(2 * tw).enumerate() {
+            let oy = 2 * ty + dy;
+            if oy < s.h {
+                row[..s.w].copy_from_slice(&go[oy * s.w..(oy + 1) * s.w]);
+                row[s.w..].fill(0.0);
+            } else {
+                row.fill(0.0);
             }
-            let col = o * ld + off + k * tw;
-            let (p0, p1) = p.split_at(2 * tw);
-            for tx in 0..tw {
-                let (a0, b0, a1, b1) = (p0[2 * tx], p0[2 * tx + 1], p1[2 * tx], p1[2 * tx + 1]);
-                // Rows of A dY: (a0, b0), (a0 + a1, b0 + b1), (a0 - a1, b0 - b1), (-a1, -b1);
-                // each row (a, b) times Aᵀ: (a, a + b, a - b, -b).
-                let r = [(a0, b0), (a0 + a1, b0 + b1), (a0 - a1, b0 - b1), (-a1, -b1)];
-                for (i, &(a, b)) in r.iter().enumerate() {
-                    for (j, v) in [a, a + b, a - b, -b].into_iter().enumerate() {
-                        dm[(i * 4 + j) * plane + col + tx] = v;
-                    }
+        }
+        let col = o * ld + off;
+        let (p0, p1) = p.split_at(2 * tw);
+        for tx in 0..tw {
+            let (a0, b0, a1, b1) = (p0[2 * tx], p0[2 * tx + 1], p1[2 * tx], p1[2 * tx + 1]);
+            // Rows of A dY: (a0, b0), (a0 + a1, b0 + b1), (a0 - a1, b0 - b1), (-a1, -b1);
+            // each row (a, b) times Aᵀ: (a, a + b, a - b, -b).
+            let r = [(a0, b0), (a0 + a1, b0 + b1), (a0 - a1, b0 - b1), (-a1, -b1)];
+            for (i, &(a, b)) in r.iter().enumerate() {
+                for (j, v) in [a, a + b, a - b, -b].into_iter().enumerate() {
+                    dm[(i * 4 + j) * plane + col + tx] = v;
                 }
             }
         }
@@ -293,8 +284,8 @@ pub(super) fn kernel_grad3x3(s: Shape, x: &[f32], gy: &[f32]) -> Vec<f32> {
             let (v, rest) = buf.split_at_mut(16 * s.c * l);
             let dm = &mut rest[..16 * s.co * l];
             for (k, &(j, ty)) in rows.iter().enumerate() {
-                transform_input(&s, &x[j * in_len..(j + 1) * in_len], ty, 1, v, l, k * tw);
-                transform_grad(&s, &gy[j * out_len..(j + 1) * out_len], ty, 1, dm, l, k * tw);
+                transform_input(&s, &x[j * in_len..(j + 1) * in_len], ty, v, l, k * tw);
+                transform_grad(&s, &gy[j * out_len..(j + 1) * out_len], ty, dm, l, k * tw);
             }
             for q in 0..16 {
                 let (dmq, vq) = (&dm[q * s.co * l..(q + 1) * s.co * l], &v[q * s.c * l..(q + 1) * s.c * l]);

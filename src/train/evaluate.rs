@@ -26,12 +26,58 @@ pub fn for_each_batch(
 
 /// Mean loss per example and accuracy of `model` in evaluation mode.
 pub fn evaluate(model: &Classifier, ds: &Arc<ImageFolder>, pipeline: &Arc<Pipeline>, batch_size: usize) -> anyhow::Result<(f64, f64)> {
-    let (mut loss, mut ok, mut n) = (0.0, 0usize, 0usize);
-    for_each_batch(model, ds, pipeline, batch_size, |logits, y| {
-        loss += cross_entropy(logits, y, Reduction::Sum)?.to_scalar::<f32>()? as f64;
-        ok += correct(logits, y)?;
-        n += y.dim(0)?;
+    let mut score = Score::default();
+    for_each_batch(model, ds, pipeline, batch_size, |logits, y| score.add(logits, y))?;
+    Ok(score.mean())
+}
+
+/// Summed loss, correct predictions and examples over batches.
+#[derive(Default)]
+struct Score {
+    loss: f64,
+    ok: usize,
+    n: usize,
+}
+
+impl Score {
+    fn add(&mut self, logits: &Tensor, y: &Tensor) -> anyhow::Result<()> {
+        self.loss += cross_entropy(logits, y, Reduction::Sum)?.to_scalar::<f32>()? as f64;
+        self.ok += correct(logits, y)?;
+        self.n += y.dim(0)?;
         Ok(())
-    })?;
-    Ok((loss / n.max(1) as f64, ok as f64 / n.max(1) as f64))
+    }
+
+    /// (mean loss per example, accuracy).
+    fn mean(&self) -> (f64, f64) {
+        (self.loss / self.n.max(1) as f64, self.ok as f64 / self.n.max(1) as f64)
+    }
+}
+
+/// A dataset's pooled backbone features (evaluation mode, batch by batch, in order) and labels.
+/// While the whole backbone is frozen with BatchNorm `Frozen`, those features never change: a
+/// phase computes them once and evaluates only the head afterwards (`evaluate_features`), with
+/// the same bits as `evaluate` (tests/train.rs checks it).
+pub struct Features {
+    batches: Vec<(Tensor, Tensor)>,
+}
+
+impl Features {
+    pub fn of(model: &Classifier, ds: &Arc<ImageFolder>, pipeline: &Arc<Pipeline>, batch_size: usize) -> anyhow::Result<Self> {
+        let mut batches = Vec::new();
+        for batch in Loader::new(ds.clone(), pipeline.clone(), batch_size, false, 0, 0) {
+            let b = batch?;
+            let x = b.images.to_device(model.device())?;
+            batches.push((model.features_t(&x, false)?, b.labels.to_device(model.device())?));
+        }
+        Ok(Self { batches })
+    }
+}
+
+/// `evaluate` from cached features: only the head runs.
+pub fn evaluate_features(model: &Classifier, features: &Features) -> anyhow::Result<(f64, f64)> {
+    let mut score = Score::default();
+    for (f, y) in &features.batches {
+        score.add(&model.head_logits(f)?, y)?;
+    }
+    Ok(score.mean())
 }

@@ -6,7 +6,7 @@
 //! [`train`] reads as: resume, then phases, then epochs.
 
 use super::early_stopping::{EarlyStopping, Verdict, Watch};
-use super::evaluate::evaluate;
+use super::evaluate::{evaluate, evaluate_features, Features};
 use super::history::{EpochRecord, History};
 use super::metrics::{correct, cross_entropy, Reduction};
 use super::optim::{Optimizer, OptimizerKind};
@@ -232,13 +232,15 @@ struct Data {
     test_pipe: Arc<Pipeline>,
 }
 
-/// One phase under way: its optimizer and the best weights early stopping has kept.
+/// One phase under way: its optimizer, the best weights early stopping has kept, and (backbone
+/// frozen with its BatchNorm) the test and validation features, which cannot change.
 struct PhaseRun<'a> {
     index: usize,
     phase: &'a PhaseConfig,
     opt: Optimizer,
     best: Option<HashMap<String, Tensor>>,
     files: Option<&'a RunFiles>,
+    features: Option<(Features, Option<Features>)>,
 }
 
 impl<'a> PhaseRun<'a> {
@@ -261,7 +263,25 @@ impl<'a> PhaseRun<'a> {
         } else {
             state.watch = Watch::default();
         }
-        Ok(Self { index, phase, opt, best, files })
+        Ok(Self { index, phase, opt, best, files, features: None })
+    }
+
+    /// (test loss and accuracy, validation's): from cached features where the backbone's
+    /// output is fixed for the whole phase (every backbone weight frozen and BatchNorm
+    /// `Frozen`, so no running statistic moves either), else by full forward passes.
+    fn evaluate(&mut self, model: &Classifier, data: &Data, cfg: &TrainConfig) -> anyhow::Result<((f64, f64), Option<(f64, f64)>)> {
+        if self.phase.freeze != Freeze::Backbone || self.phase.bn_mode != BnMode::Frozen {
+            let test = evaluate(model, &data.test, &data.test_pipe, cfg.batch_size)?;
+            let val = data.val.as_ref().map(|v| evaluate(model, v, &data.test_pipe, cfg.batch_size)).transpose()?;
+            return Ok((test, val));
+        }
+        if self.features.is_none() {
+            let test = Features::of(model, &data.test, &data.test_pipe, cfg.batch_size)?;
+            let val = data.val.as_ref().map(|v| Features::of(model, v, &data.test_pipe, cfg.batch_size)).transpose()?;
+            self.features = Some((test, val));
+        }
+        let Some((test, val)) = &self.features else { unreachable!("filled above") };
+        Ok((evaluate_features(model, test)?, val.as_ref().map(|v| evaluate_features(model, v)).transpose()?))
     }
 
     /// Train one epoch, evaluate, report, apply early stopping, checkpoint.
@@ -282,11 +302,7 @@ impl<'a> PhaseRun<'a> {
             format!("epoch {}/{}", epoch, phase.epochs)
         };
         let (loss, train_acc, n, secs, lr) = train_epoch(model, &mut self.opt, phase, &data.train, &data.train_pipe, cfg, epoch, label)?;
-        let (test_loss, test_acc) = evaluate(model, &data.test, &data.test_pipe, cfg.batch_size)?;
-        let val = match &data.val {
-            Some(v) => Some(evaluate(model, v, &data.test_pipe, cfg.batch_size)?),
-            None => None,
-        };
+        let ((test_loss, test_acc), val) = self.evaluate(model, data, cfg)?;
         let rec = EpochRecord {
             epoch,
             loss,
