@@ -345,3 +345,49 @@ fn head_can_start_from_an_imagenet_row() {
     let xavier = Classifier::scratch(&opts(Arch::ResNet18, 2), &Device::Cpu).unwrap().state();
     assert_eq!(max_abs_diff(&row(&s["fc.weight"], 0), &row(&xavier["fc.weight"], 0)), 0.0);
 }
+
+#[test]
+fn the_forward_pass_split_after_any_step_gives_the_full_passes_bits() {
+    for arch in [Arch::ResNet18, Arch::EfficientNetLite0] {
+        let m = random_model(arch, 3);
+        let x = Tensor::randn(0f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap();
+        let want = m.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(want.iter().all(|v| v.is_finite()), "{arch}: {want:?}");
+        let n = arch.steps().len();
+        for k in 0..=n {
+            let a = m.activations(&x, k).unwrap();
+            let got = m.logits_from(&a, k).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, want, "{arch}: split after {k} of {n} steps");
+        }
+        // The pooled features are the activations after every step.
+        assert_eq!(m.activations(&x, n).unwrap().dims(), &[2, arch.feature_dim()]);
+        let err = m.activations(&x, n + 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("{n} steps")), "{err}");
+    }
+}
+
+#[test]
+fn fixed_steps_are_the_longest_run_of_steps_whose_blocks_are_all_frozen() {
+    for arch in [Arch::ResNet18, Arch::ResNet50, Arch::EfficientNetLite0] {
+        let steps = arch.steps();
+        assert_eq!(steps.concat(), arch.blocks(), "{arch}: the steps run every block once, in order");
+        assert_eq!(Freeze::Nothing.fixed_steps(arch), 0, "{arch}");
+        assert_eq!(Freeze::Backbone.fixed_steps(arch), steps.len(), "{arch}");
+        for block in arch.blocks() {
+            let freeze = Freeze::Below(block.clone());
+            let frozen = freeze.predicate(arch).unwrap();
+            let is_frozen = |b: &String| frozen(&format!("{b}.weight"));
+            let k = freeze.fixed_steps(arch);
+            assert!(steps[..k].iter().flatten().all(is_frozen), "{arch} below {block}: a trainable block among the first {k} steps");
+            assert!(!steps[k].iter().all(is_frozen), "{arch} below {block}: step {k} is frozen too");
+        }
+    }
+    // By hand: the two-phase recipe's cuts (stem + blocks 0-10; stem + layer1-3).
+    assert_eq!(Freeze::Below("_blocks.11".into()).fixed_steps(Arch::EfficientNetLite0), 12);
+    assert_eq!(Freeze::Below("layer4".into()).fixed_steps(Arch::ResNet18), 4);
+    assert_eq!(Freeze::Below("bn1".into()).fixed_steps(Arch::ResNet18), 0, "a step half frozen is not fixed");
+    // BatchNorm in train mode moves the running statistics of frozen blocks: nothing is fixed.
+    let m = random_model(Arch::ResNet18, 2);
+    assert_eq!(m.rebuild(Freeze::Backbone, BnMode::Frozen).unwrap().fixed_steps(), 6);
+    assert_eq!(m.rebuild(Freeze::Backbone, BnMode::Train).unwrap().fixed_steps(), 0);
+}

@@ -210,12 +210,13 @@ fn training_is_bit_identical_with_one_and_two_threads() {
 }
 
 /// Every epoch's test and validation scores are what a full forward pass of that epoch's model
-/// gives, bit for bit: also where the phase evaluates from cached backbone features (backbone
-/// frozen, BatchNorm `Frozen`), and where it must not (BatchNorm `Train` moves the running
-/// statistics; `Below` trains the top blocks), which a wrongly shared cache would get wrong.
+/// gives, bit for bit: also where the phase evaluates from cached activations (backbone frozen
+/// with BatchNorm `Frozen`: the pooled features; `Below("layer4")`: layer4's input, layer4
+/// itself trains), and where it must not cache (BatchNorm `Train` moves the running statistics
+/// of frozen blocks). Caching one step too many, or ignoring BatchNorm, fails it.
 #[test]
-fn per_epoch_evaluation_equals_a_full_forward_pass_with_or_without_cached_features() {
-    use transfer_workbook::train::evaluate;
+fn per_epoch_evaluation_equals_a_full_forward_pass_with_or_without_cached_activations() {
+    use transfer_workbook::train::{evaluate, Activations, ACTIVATION_CACHE_BYTES};
     let data = tempfile::tempdir().unwrap();
     for (freeze, bn) in [(Freeze::Backbone, BnMode::Frozen), (Freeze::Backbone, BnMode::Train), (Freeze::Below("layer4".into()), BnMode::Frozen)] {
         let (tr, te, model) = data_and_model(data.path(), Freeze::Nothing);
@@ -234,5 +235,16 @@ fn per_epoch_evaluation_equals_a_full_forward_pass_with_or_without_cached_featur
         assert_eq!((last.val_loss, last.val_acc), (Some(val_loss), Some(val_acc)), "{what}: validation");
         // The head moved between epochs, so the scores did too (the cache is not a stale copy).
         assert_ne!(seen[0].test_loss, last.test_loss, "{what}");
+        // What the phase cached: pooled features, layer4's input, or nothing (BatchNorm trains).
+        let cached = Activations::of(&out.model, &te, &pipe, cfg.batch_size, ACTIVATION_CACHE_BYTES).unwrap().map(|a| a.steps());
+        let want = match (&freeze, bn) {
+            (_, BnMode::Train) => None,
+            (Freeze::Backbone, _) => Some(6),
+            _ => Some(4),
+        };
+        assert_eq!(cached, want, "{what}");
+        if cached.is_some() {
+            assert!(Activations::of(&out.model, &te, &pipe, cfg.batch_size, 1000).unwrap().is_none(), "{what}: over the size limit, no cache");
+        }
     }
 }

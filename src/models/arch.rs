@@ -71,15 +71,24 @@ impl Arch {
 
     /// Freezable blocks, input side first.
     pub fn blocks(self) -> Vec<String> {
-        match self {
+        self.steps().concat()
+    }
+
+    /// The blocks each step of the backbone's forward pass runs, in order (see
+    /// [`FeatureExtractor`]); the last step, the global pooling, has none.
+    pub fn steps(self) -> Vec<Vec<String>> {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut steps = match self {
             Arch::EfficientNetLite0 => {
-                let mut b = vec!["_conv_stem".to_string(), "_bn0".to_string()];
-                b.extend((0..efficientnet_lite::NUM_BLOCKS).map(|i| format!("_blocks.{i}")));
-                b.extend(["_conv_head".to_string(), "_bn1".to_string()]);
-                b
+                let mut s = vec![names(&["_conv_stem", "_bn0"])];
+                s.extend((0..efficientnet_lite::NUM_BLOCKS).map(|i| vec![format!("_blocks.{i}")]));
+                s.push(names(&["_conv_head", "_bn1"]));
+                s
             }
-            _ => ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"].iter().map(|s| s.to_string()).collect(),
-        }
+            _ => vec![names(&["conv1", "bn1"]), names(&["layer1"]), names(&["layer2"]), names(&["layer3"]), names(&["layer4"])],
+        };
+        steps.push(Vec::new());
+        steps
     }
 
     /// The block a tensor name belongs to (`layer3`, `_blocks.12`, ...).

@@ -186,10 +186,25 @@ impl Classifier {
         self.features.features_t(x, train)
     }
 
-    /// Logits `[B, num_classes]` of pooled features `[B, D]` in evaluation mode (no dropout):
-    /// `forward_t(x, false)` is `head_logits(&features_t(x, false))`, bit for bit.
-    pub fn head_logits(&self, features: &Tensor) -> Result<Tensor> {
-        self.head.forward(features)
+    /// How many leading steps of the backbone ([`Arch::steps`]) give the same output for the
+    /// same image however this model trains: their blocks are frozen and BatchNorm is `Frozen`
+    /// (no running statistic moves). 0 when BatchNorm trains.
+    pub fn fixed_steps(&self) -> usize {
+        match self.bn_mode {
+            BnMode::Frozen => self.freeze.fixed_steps(self.arch),
+            BnMode::Train => 0,
+        }
+    }
+
+    /// The backbone's activations after its first `steps` steps, in evaluation mode.
+    pub fn activations(&self, x: &Tensor, steps: usize) -> Result<Tensor> {
+        self.features.forward_steps(x, 0..steps, false)
+    }
+
+    /// Logits `[B, num_classes]` in evaluation mode from `activations(x, steps)`, running the
+    /// backbone's remaining steps and the head: `forward_t(x, false)` bit for bit.
+    pub fn logits_from(&self, activations: &Tensor, steps: usize) -> Result<Tensor> {
+        self.head.forward(&self.features.forward_steps(activations, steps..self.features.num_steps(), false)?)
     }
 
     /// Logits `[B, num_classes]`; `train` selects training behaviour (BatchNorm per `bn_mode`).

@@ -10,9 +10,10 @@
 use super::batch_norm::BatchNorm;
 use super::builder::Builder;
 use super::store::KAIMING_FAN_OUT;
-use super::FeatureExtractor;
+use super::{check_steps, FeatureExtractor};
 use crate::ops::{depthwise_conv2d, global_avg_pool, Activation, Conv2d, DwParams};
 use candle_core::{Module, Result, Tensor};
+use std::ops::Range;
 
 const BN_EPS: f64 = 1e-3;
 const BN_MOMENTUM: f64 = 0.01;
@@ -114,17 +115,29 @@ impl EfficientNetLite0 {
 }
 
 impl FeatureExtractor for EfficientNetLite0 {
-    fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (pt, pb) = same_padding(h, 3, 2);
-        let (pl, pr) = same_padding(w, 3, 2);
-        let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
-        let mut x = self.bn0.forward_act(&self.stem.forward(&x)?, train, None, Activation::Relu6)?;
-        for block in &self.blocks {
-            x = block.forward_t(&x, train)?;
+    /// Step 0 the stem, 1..=16 the blocks, 17 the head convolution, 18 the pooling.
+    fn forward_steps(&self, x: &Tensor, steps: Range<usize>, train: bool) -> Result<Tensor> {
+        check_steps(&steps, self.num_steps())?;
+        let mut x = x.clone();
+        for step in steps {
+            x = match step {
+                0 => {
+                    let (_, _, h, w) = x.dims4()?;
+                    let (pt, pb) = same_padding(h, 3, 2);
+                    let (pl, pr) = same_padding(w, 3, 2);
+                    let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+                    self.bn0.forward_act(&self.stem.forward(&x)?, train, None, Activation::Relu6)?
+                }
+                s if s <= NUM_BLOCKS => self.blocks[s - 1].forward_t(&x, train)?,
+                s if s == NUM_BLOCKS + 1 => self.bn1.forward_act(&self.head.forward(&x)?, train, None, Activation::Relu6)?,
+                _ => global_avg_pool(&x)?,
+            };
         }
-        x = self.bn1.forward_act(&self.head.forward(&x)?, train, None, Activation::Relu6)?;
-        global_avg_pool(&x)
+        Ok(x)
+    }
+
+    fn num_steps(&self) -> usize {
+        NUM_BLOCKS + 3
     }
 
     fn feature_dim(&self) -> usize {

@@ -57,6 +57,27 @@ impl Freeze {
             }
         })
     }
+
+    /// How many leading steps of `arch`'s forward pass ([`Arch::steps`]) hold only frozen
+    /// blocks: with BatchNorm `Frozen` as well their output never changes while training.
+    /// Every step for a frozen backbone (the pooled features), none when nothing is frozen.
+    pub fn fixed_steps(&self, arch: Arch) -> usize {
+        let steps = arch.steps();
+        let cut = match self {
+            Freeze::Nothing => 0,
+            Freeze::Backbone => return steps.len(),
+            Freeze::Below(block) => arch.blocks().iter().position(|b| b == block).unwrap_or(0),
+        };
+        // Blocks run by the first k steps, for k = 1, 2, ...: a step is fixed while they are all below the cut.
+        steps
+            .iter()
+            .scan(0, |ran, s| {
+                *ran += s.len();
+                Some(*ran)
+            })
+            .take_while(|&ran| ran <= cut)
+            .count()
+    }
 }
 
 /// How the new head starts.

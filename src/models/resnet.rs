@@ -4,9 +4,10 @@
 
 use super::batch_norm::BatchNorm;
 use super::builder::Builder;
-use super::FeatureExtractor;
+use super::{check_steps, FeatureExtractor};
 use crate::ops::{global_avg_pool, max_pool2d, Activation, Conv2d};
 use candle_core::{Module, Result, Tensor};
+use std::ops::Range;
 
 /// Depth variants: blocks per stage, and whether blocks are bottlenecks (ResNet-50).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,15 +130,27 @@ impl ResNet {
 }
 
 impl FeatureExtractor for ResNet {
-    fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.stem.forward_act(x, train, None, Activation::Relu)?;
-        x = max_pool2d(&x, 3, 2, 1)?;
-        for stage in &self.layers {
-            for block in stage {
-                x = block.forward_t(&x, train)?;
-            }
+    /// Step 0 the stem (with its max-pool), 1..=4 `layer1`..`layer4`, 5 the pooling.
+    fn forward_steps(&self, x: &Tensor, steps: Range<usize>, train: bool) -> Result<Tensor> {
+        check_steps(&steps, self.num_steps())?;
+        let mut x = x.clone();
+        for step in steps {
+            x = match step {
+                0 => max_pool2d(&self.stem.forward_act(&x, train, None, Activation::Relu)?, 3, 2, 1)?,
+                s if s <= self.layers.len() => {
+                    for block in &self.layers[s - 1] {
+                        x = block.forward_t(&x, train)?;
+                    }
+                    x
+                }
+                _ => global_avg_pool(&x)?,
+            };
         }
-        global_avg_pool(&x)
+        Ok(x)
+    }
+
+    fn num_steps(&self) -> usize {
+        self.layers.len() + 2
     }
 
     fn feature_dim(&self) -> usize {

@@ -4,8 +4,21 @@ use super::metrics::{correct, cross_entropy, Reduction};
 use crate::data::{ImageFolder, Loader};
 use crate::models::Classifier;
 use crate::transforms::Pipeline;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use std::sync::Arc;
+
+/// `ds` in order, batch by batch, each batch's images and labels moved to `device`.
+fn batches_on<'a>(
+    device: &'a Device,
+    ds: &Arc<ImageFolder>,
+    pipeline: &Arc<Pipeline>,
+    batch_size: usize,
+) -> impl Iterator<Item = anyhow::Result<(Tensor, Tensor)>> + 'a {
+    Loader::new(ds.clone(), pipeline.clone(), batch_size, false, 0, 0).map(move |batch| {
+        let b = batch?;
+        Ok((b.images.to_device(device)?, b.labels.to_device(device)?))
+    })
+}
 
 /// Run `model` (evaluation mode) over `ds` in order; `f` sees each batch's logits and labels.
 pub fn for_each_batch(
@@ -15,10 +28,8 @@ pub fn for_each_batch(
     batch_size: usize,
     mut f: impl FnMut(&Tensor, &Tensor) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    for batch in Loader::new(ds.clone(), pipeline.clone(), batch_size, false, 0, 0) {
-        let b = batch?;
-        let x = b.images.to_device(model.device())?;
-        let y = b.labels.to_device(model.device())?;
+    for batch in batches_on(model.device(), ds, pipeline, batch_size) {
+        let (x, y) = batch?;
         f(&model.forward_t(&x, false)?, &y)?;
     }
     Ok(())
@@ -53,31 +64,53 @@ impl Score {
     }
 }
 
-/// A dataset's pooled backbone features (evaluation mode, batch by batch, in order) and labels.
-/// While the whole backbone is frozen with BatchNorm `Frozen`, those features never change: a
-/// phase computes them once and evaluates only the head afterwards (`evaluate_features`), with
-/// the same bits as `evaluate` (tests/train.rs checks it).
-pub struct Features {
+/// Most bytes one split's cached activations may take; a larger cache is not built and the
+/// split is evaluated by full passes (EfficientNet-Lite0 frozen below `_blocks.11` keeps
+/// 112x14x14 floats, 88 KB, per 224-px photo; frozen below `_blocks.1`, 0.8 MB).
+pub const ACTIVATION_CACHE_BYTES: usize = 1 << 30;
+
+/// A dataset's backbone activations after the model's fixed steps (`Classifier::fixed_steps`:
+/// frozen blocks under BatchNorm `Frozen`, whose output never changes while the phase trains),
+/// batch by batch in evaluation order, with the labels. A phase computes them once and each
+/// evaluation runs only the remaining steps and the head (`evaluate_activations`), with the
+/// same bits as `evaluate` (tests/train.rs checks it).
+pub struct Activations {
+    steps: usize,
     batches: Vec<(Tensor, Tensor)>,
 }
 
-impl Features {
-    pub fn of(model: &Classifier, ds: &Arc<ImageFolder>, pipeline: &Arc<Pipeline>, batch_size: usize) -> anyhow::Result<Self> {
-        let mut batches = Vec::new();
-        for batch in Loader::new(ds.clone(), pipeline.clone(), batch_size, false, 0, 0) {
-            let b = batch?;
-            let x = b.images.to_device(model.device())?;
-            batches.push((model.features_t(&x, false)?, b.labels.to_device(model.device())?));
+impl Activations {
+    /// `None` when no step is fixed, or when they would take more than `limit_bytes` (a
+    /// training phase passes [`ACTIVATION_CACHE_BYTES`]).
+    pub fn of(model: &Classifier, ds: &Arc<ImageFolder>, pipeline: &Arc<Pipeline>, batch_size: usize, limit_bytes: usize) -> anyhow::Result<Option<Self>> {
+        let steps = model.fixed_steps();
+        if steps == 0 {
+            return Ok(None);
         }
-        Ok(Self { batches })
+        let mut batches = Vec::new();
+        for batch in batches_on(model.device(), ds, pipeline, batch_size) {
+            let (x, y) = batch?;
+            let a = model.activations(&x, steps)?;
+            let per_example = a.elem_count() * a.dtype().size_in_bytes() / x.dim(0)?.max(1);
+            if batches.is_empty() && per_example * ds.len() > limit_bytes {
+                return Ok(None);
+            }
+            batches.push((a, y));
+        }
+        Ok(Some(Self { steps, batches }))
+    }
+
+    /// After how many of the backbone's steps the activations were taken.
+    pub fn steps(&self) -> usize {
+        self.steps
     }
 }
 
-/// `evaluate` from cached features: only the head runs.
-pub fn evaluate_features(model: &Classifier, features: &Features) -> anyhow::Result<(f64, f64)> {
+/// `evaluate` from cached activations: only the backbone's remaining steps and the head run.
+pub fn evaluate_activations(model: &Classifier, activations: &Activations) -> anyhow::Result<(f64, f64)> {
     let mut score = Score::default();
-    for (f, y) in &features.batches {
-        score.add(&model.head_logits(f)?, y)?;
+    for (a, y) in &activations.batches {
+        score.add(&model.logits_from(a, activations.steps)?, y)?;
     }
     Ok(score.mean())
 }

@@ -6,7 +6,7 @@
 //! [`train`] reads as: resume, then phases, then epochs.
 
 use super::early_stopping::{EarlyStopping, Verdict, Watch};
-use super::evaluate::{evaluate, evaluate_features, Features};
+use super::evaluate::{evaluate, evaluate_activations, Activations, ACTIVATION_CACHE_BYTES};
 use super::history::{EpochRecord, History};
 use super::metrics::{correct, cross_entropy, Reduction};
 use super::optim::{Optimizer, OptimizerKind};
@@ -232,15 +232,16 @@ struct Data {
     test_pipe: Arc<Pipeline>,
 }
 
-/// One phase under way: its optimizer, the best weights early stopping has kept, and (backbone
-/// frozen with its BatchNorm) the test and validation features, which cannot change.
+/// One phase under way: its optimizer, the best weights early stopping has kept, and the test
+/// and validation activations after the backbone's frozen prefix, which cannot change.
 struct PhaseRun<'a> {
     index: usize,
     phase: &'a PhaseConfig,
     opt: Optimizer,
     best: Option<HashMap<String, Tensor>>,
     files: Option<&'a RunFiles>,
-    features: Option<(Features, Option<Features>)>,
+    /// Filled at the first evaluation: (test, validation), each `None` where nothing is cached.
+    activations: Option<(Option<Activations>, Option<Activations>)>,
 }
 
 impl<'a> PhaseRun<'a> {
@@ -263,25 +264,30 @@ impl<'a> PhaseRun<'a> {
         } else {
             state.watch = Watch::default();
         }
-        Ok(Self { index, phase, opt, best, files, features: None })
+        Ok(Self { index, phase, opt, best, files, activations: None })
     }
 
-    /// (test loss and accuracy, validation's): from cached features where the backbone's
-    /// output is fixed for the whole phase (every backbone weight frozen and BatchNorm
-    /// `Frozen`, so no running statistic moves either), else by full forward passes.
+    /// (test loss and accuracy, validation's). Where the backbone's first steps are fixed for
+    /// the whole phase (`Classifier::fixed_steps`: their blocks frozen and BatchNorm `Frozen`,
+    /// so no running statistic moves either), their activations are computed once and each
+    /// evaluation runs only the rest; otherwise (or past the cache's size limit) full passes.
     fn evaluate(&mut self, model: &Classifier, data: &Data, cfg: &TrainConfig) -> anyhow::Result<((f64, f64), Option<(f64, f64)>)> {
-        if self.phase.freeze != Freeze::Backbone || self.phase.bn_mode != BnMode::Frozen {
-            let test = evaluate(model, &data.test, &data.test_pipe, cfg.batch_size)?;
-            let val = data.val.as_ref().map(|v| evaluate(model, v, &data.test_pipe, cfg.batch_size)).transpose()?;
-            return Ok((test, val));
+        if self.activations.is_none() {
+            let test = Activations::of(model, &data.test, &data.test_pipe, cfg.batch_size, ACTIVATION_CACHE_BYTES)?;
+            let val = match &data.val {
+                Some(v) => Activations::of(model, v, &data.test_pipe, cfg.batch_size, ACTIVATION_CACHE_BYTES)?,
+                None => None,
+            };
+            self.activations = Some((test, val));
         }
-        if self.features.is_none() {
-            let test = Features::of(model, &data.test, &data.test_pipe, cfg.batch_size)?;
-            let val = data.val.as_ref().map(|v| Features::of(model, v, &data.test_pipe, cfg.batch_size)).transpose()?;
-            self.features = Some((test, val));
-        }
-        let Some((test, val)) = &self.features else { unreachable!("filled above") };
-        Ok((evaluate_features(model, test)?, val.as_ref().map(|v| evaluate_features(model, v)).transpose()?))
+        let Some((test_cache, val_cache)) = &self.activations else { unreachable!("filled above") };
+        let score = |ds: &Arc<ImageFolder>, cache: &Option<Activations>| match cache {
+            Some(a) => evaluate_activations(model, a),
+            None => evaluate(model, ds, &data.test_pipe, cfg.batch_size),
+        };
+        let test = score(&data.test, test_cache)?;
+        let val = data.val.as_ref().map(|v| score(v, val_cache)).transpose()?;
+        Ok((test, val))
     }
 
     /// Train one epoch, evaluate, report, apply early stopping, checkpoint.

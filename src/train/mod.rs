@@ -15,7 +15,7 @@ pub mod schedule;
 
 pub use crate::models::ParamGroup;
 pub use early_stopping::{EarlyStopping, Verdict, Watch};
-pub use evaluate::{evaluate, evaluate_features, for_each_batch, Features};
+pub use evaluate::{evaluate, evaluate_activations, for_each_batch, Activations, ACTIVATION_CACHE_BYTES};
 pub use fit::{train, train_validated, Outcome, PhaseConfig, TrainConfig};
 pub use history::{EpochRecord, History};
 pub use interpret::{ClassReport, Metrics, Predictions};
