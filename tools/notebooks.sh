@@ -2,8 +2,8 @@
 # The Evcxr notebooks: set up the Rust Jupyter kernel, open the notebooks, or execute them.
 #
 #   bash tools/notebooks.sh setup    evcxr_jupyter (prebuilt by cargo binstall where it is installed
-#                                    and online, else cargo install --locked: ~20 min the first
-#                                    time on 2 cores), Jupyter in a venv, the "rust" kernel, the weights
+#                                    and online, else cargo install --locked: 5.6 min the first
+#                                    time on 2 cores, measured), Jupyter in a venv, the "rust" kernel, the weights
 #   bash tools/notebooks.sh open     setup, then Jupyter on notebooks/
 #   bash tools/notebooks.sh check    setup, then run every notebook headless in quick mode into
 #                                    runs/notebooks/executed/; fails on the first cell error, on
@@ -37,13 +37,13 @@ evcxr_installed() {
 
 setup() {
     if ! evcxr_installed; then
-        # A prebuilt binary where cargo-binstall is installed and can download it (seconds, with
-        # internet); else compiling it, ~11-20 min the first time on 2 cores.
+        # A prebuilt binary where cargo-binstall is installed and can download it (needs
+        # internet); else compiling it: 5 min 37 s on the 2-core machine (2026-11-24, crates downloaded).
         if cargo binstall -V >/dev/null 2>&1 &&
             cargo binstall --no-confirm --locked --disable-strategies compile --root "$cache/evcxr" "evcxr_jupyter@$evcxr_version"; then
             echo "== evcxr_jupyter $evcxr_version: prebuilt, from cargo binstall"
         else
-            echo "== building evcxr_jupyter $evcxr_version (first time only: ~20 min on 2 cores; with cargo-binstall installed and internet, a prebuilt binary is fetched instead)"
+            echo "== building evcxr_jupyter $evcxr_version (first time only: about 6 min on 2 cores; with cargo-binstall installed and internet, a prebuilt binary is fetched instead)"
             cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$cache/evcxr"
         fi
         echo "$evcxr_version" >"$cache/evcxr/VERSION"
