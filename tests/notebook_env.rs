@@ -45,9 +45,10 @@ fn workbook_device_and_precision_pick_or_refuse_by_name() {
             }
             Err(e) => {
                 let msg = format!("{e:#}");
-                assert!(msg.contains("WORKBOOK_DEVICE") && msg.contains(cuda), "{msg}");
+                assert!(msg.contains("WORKBOOK_DEVICE"), "{msg}");
+                // A CUDA build without that GPU fails in the driver, whose words are its own.
                 if !cuda_is_available() {
-                    assert!(msg.contains("no CUDA support"), "{msg}");
+                    assert!(msg.contains(cuda) && msg.contains("no CUDA support"), "{msg}");
                 }
             }
         }
