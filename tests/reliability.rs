@@ -221,6 +221,17 @@ fn every_bad_number_is_refused_before_loading_anything() {
         (vec!["bench", "--image-size", "0"], "--image-size must be at least 32"),
         (vec!["bench", "--image-size", "100000", "--batch-size", "1"], "needs at least"),
         (vec!["bench", "--batch-size", "0"], "--batch-size must be at least 1"),
+        // Above 0 in f64, 0 or infinite in the float32 of training (1e-50 trained nothing).
+        (train_args(d, o, &["--lr", "1e-50"]), "--lr 1e-50 is 0 (or a denormal) in float32"),
+        (train_args(d, o, &["--head-lr-mult", "1e-50"]), "--head-lr-mult 1e-50 is 0 (or a denormal) in float32"),
+        (train_args(d, o, &["--lr", "1e39"]), "--lr 1e39 is infinite in float32"),
+        (train_args(d, o, &["--lr", "1e-20", "--head-lr-mult", "1e-20"]), "the head's learning rate (--lr x --head-lr-mult) 1e-40 is 0"),
+        (vec!["two-phase", "--data", d, "--out", o, "--fine-lr", "1e-50"], "--fine-lr 1e-50 is 0"),
+        (vec!["lr-find", "--data", d, "--out", o, "--start-lr", "1e-60"], "--start-lr 1e-60 is 0"),
+        // Flags that would be ignored without a word.
+        (train_args(d, o, &["--weights", w]), "scratch trains from random weights: --weights no-such-weights.pth does not apply"),
+        (train_args(d, o, &["--positive-class", "red"]), "--positive-class red applies only with --head-init hotdog"),
+        (vec!["bench", "--steps", "0"], "--steps 0 times no training step"),
     ];
     for (args, want) in cases {
         let r = finetune(&args, &[]);

@@ -411,3 +411,63 @@ fn cli_serve_refuses_bad_numbers_before_loading() {
     let t = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success() && t.contains("the image size stored in") && t.contains("GB"), "{t}");
 }
+
+fn png_of(img: image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// The decode budget counts the RGB copy: a greyscale PNG whose RGB copy would pass the limit
+/// on its own is refused from its header (413), the RGB PNG of the same size is answered;
+/// `?top_k=0` is refused as the CLI's `--top-k 0` is; a body that stops arriving gets 408.
+#[test]
+fn the_decode_budget_counts_the_rgb_copy_top_k_0_is_refused_and_a_stalled_body_times_out() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    // 6000 x 6000: RGB 108 MB fits under 128 MB; grey is 36 MB + the 108 MB RGB copy.
+    let limits = transfer_workbook::serve::DecodeLimits { max_side: 12_000, max_alloc: 128 << 20 };
+    let cfg = ServeConfig { max_bytes: 8 << 20, decode_limits: limits, body_timeout: Duration::from_secs(1), ..ServeConfig::default() };
+    let server = start(&path, cfg);
+    let url = format!("{}/predict", server.url());
+    let grey = png_of(image::DynamicImage::ImageLuma8(image::GrayImage::new(6000, 6000)));
+    let r = post(&url, Some("image/png"), None, &grey);
+    let msg = r.json["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(r.status, 413, "{}", r.json);
+    assert!(msg.contains("6000 x 6000 px L8") && msg.contains("convert") && msg.contains("138 MiB"), "{msg}");
+    let rgb = png_of(image::DynamicImage::ImageRgb8(image::RgbImage::new(6000, 6000)));
+    let r = post(&url, Some("image/png"), None, &rgb);
+    assert_eq!(r.status, 200, "{}", r.json);
+    // ?top_k=0: 400, as the CLI refuses --top-k 0; more than the classes still gives them all.
+    let jpeg = sample_jpeg();
+    let r = post(&format!("{url}?top_k=0"), Some("image/jpeg"), None, &jpeg);
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert!(r.json["error"].as_str().unwrap().contains("top_k=0"), "{}", r.json);
+    let r = post(&format!("{url}?top_k=9"), Some("image/jpeg"), None, &jpeg);
+    assert_eq!((r.status, r.json["top_k"].as_array().unwrap().len()), (200, 2), "{}", r.json);
+    // Headers promising 1000 bytes, 10 of them sent, then nothing: 408 after the body timeout.
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(conn, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789").unwrap();
+    let t0 = Instant::now();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    server.stop().unwrap();
+}
+
+/// Concurrent decodes are sized by memory: never more than half the machine holds at
+/// `max_alloc` each, never fewer than one, never more than the CPUs.
+#[test]
+fn concurrent_decodes_fit_in_half_the_memory() {
+    use transfer_workbook::serve::{decoders, DecodeLimits};
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(decoders(&DecodeLimits { max_side: 100, max_alloc: 1 }), cpus);
+    assert_eq!(decoders(&DecodeLimits { max_side: 100, max_alloc: u64::MAX / 2 }), 1);
+    let mem: f64 = std::fs::read_to_string("/proc/meminfo").unwrap().lines().find(|l| l.starts_with("MemTotal:")).unwrap().split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 1024.0;
+    let third = (mem / 3.0) as u64;
+    assert_eq!(decoders(&DecodeLimits { max_side: 100, max_alloc: third }), 1);
+}

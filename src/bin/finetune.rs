@@ -425,6 +425,19 @@ struct DownloadArgs {
     cache_dir: Option<PathBuf>,
 }
 
+/// A learning rate or multiplier: [`limits::positive`], and still above 0 and finite in
+/// float32, the arithmetic of the update (`--lr 1e-50` passed the f64 check and trained
+/// nothing: it is 0 in f32).
+fn rate(flag: &str, value: f64) -> anyhow::Result<()> {
+    limits::positive(flag, value)?;
+    let (low, high) = (f32::MIN_POSITIVE as f64, f32::MAX as f64);
+    if !(low..=high).contains(&value) {
+        let becomes = if value < low { "0 (or a denormal)" } else { "infinite" };
+        bail!("{flag} {value:e} is {becomes} in float32, the arithmetic of training: give a value between {low:e} and {high:e}");
+    }
+    Ok(())
+}
+
 fn default_cache() -> PathBuf {
     PathBuf::from(".cache")
 }
@@ -525,10 +538,10 @@ fn run_experiment(exp: Experiment) -> anyhow::Result<()> {
 fn validate_train(a: &TrainArgs) -> anyhow::Result<()> {
     limits::at_least_one("--epochs", a.epochs)?;
     if let Some(lr) = a.lr {
-        limits::positive("--lr", lr)?;
+        rate("--lr", lr)?;
     }
     if let Some(m) = a.head_lr_mult {
-        limits::positive("--head-lr-mult", m)?;
+        rate("--head-lr-mult", m)?;
     }
     if let Some(m) = a.momentum {
         limits::momentum("--momentum", m)?;
@@ -544,6 +557,12 @@ fn validate_train(a: &TrainArgs) -> anyhow::Result<()> {
 
 fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
     validate_train(&a)?;
+    if let (Some(w), "scratch") = (&a.common.weights, command) {
+        bail!("scratch trains from random weights: --weights {w} does not apply (finetune or freeze start from weights)");
+    }
+    if let (Some(c), HeadStart::Xavier) = (&a.positive_class, a.head_init) {
+        bail!("--positive-class {c} applies only with --head-init hotdog");
+    }
     let arch = a.common.backbone;
     let (base, init) = match command {
         "scratch" => (recipes::d2l_scratch(a.epochs), ModelInit::Scratch),
@@ -561,6 +580,8 @@ fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
         ..base
     };
     let mut phase = phase;
+    // Each may be fine alone and their product still 0 in float32.
+    rate("the head's learning rate (--lr x --head-lr-mult)", phase.lr * phase.head_lr_mult)?;
     a.schedule.apply(&mut phase)?;
     let mut exp = experiment(&a.common, command, init, vec![phase], a.augment)?;
     exp.head_init = match a.head_init {
@@ -578,8 +599,8 @@ fn train_command(a: TrainArgs, command: &str) -> anyhow::Result<()> {
 
 fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
     limits::at_least_one("--head-epochs + --fine-epochs", a.head_epochs.saturating_add(a.fine_epochs))?;
-    limits::positive("--head-lr", a.head_lr)?;
-    limits::positive("--fine-lr", a.fine_lr)?;
+    rate("--head-lr", a.head_lr)?;
+    rate("--fine-lr", a.fine_lr)?;
     limits::at_least_one("--patience", a.patience)?;
     let arch = a.common.backbone;
     let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
@@ -638,13 +659,13 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     if a.steps < 5 {
         bail!("--steps must be at least 5 (got {})", a.steps);
     }
-    limits::positive("--start-lr", a.start_lr)?;
-    limits::positive("--end-lr", a.end_lr)?;
+    rate("--start-lr", a.start_lr)?;
+    rate("--end-lr", a.end_lr)?;
     if a.start_lr >= a.end_lr {
         bail!("--start-lr {} must be below --end-lr {}", a.start_lr, a.end_lr);
     }
     if let Some(m) = a.head_lr_mult {
-        limits::positive("--head-lr-mult", m)?;
+        rate("--head-lr-mult", m)?;
     }
     if let Some(n) = c.limit_per_class {
         limits::at_least_one("--limit-per-class", n)?;
@@ -779,6 +800,9 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.device)?;
     use_precision(a.precision, &device)?;
     limits::batch_and_size(a.batch_size, a.image_size, true)?;
+    if a.steps == 0 && a.data.is_none() {
+        bail!("--steps 0 times no training step: give --steps N, or --data DIR to time only an epoch on photos");
+    }
     transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
     if a.precision == Precision::Bf16 {
         println!("convolutions in bf16 (bf16 products, f32 sums)");

@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub model_name: String,
     /// Tokio threads for HTTP (the model has its own thread; Candle's kernels their own pool).
     pub http_threads: usize,
+    /// A request whose body has not arrived within this long is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +73,7 @@ impl Default for ServeConfig {
             decode_limits: DecodeLimits::default(),
             model_name: "model".into(),
             http_threads: 2,
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -188,8 +191,9 @@ fn start(model: Classifier, card: &ModelCard, config: ServeConfig, signals: bool
         decode_limits: config.decode_limits,
         default_top_k: config.top_k,
         started: Instant::now(),
+        body_timeout: config.body_timeout,
         admission: tokio::sync::Semaphore::new(config.queue_depth.max(1)),
-        decoders: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        decoders: tokio::sync::Semaphore::new(decoders(&config.decode_limits)),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads.max(1))
@@ -214,6 +218,21 @@ fn start(model: Classifier, card: &ModelCard, config: ServeConfig, signals: bool
         // is dropped when `serve` returns.
     })?;
     Ok(RunningServer { addr, stop: Some(stop_tx), thread: Some(thread) })
+}
+
+/// How many uploads decode at once: one per CPU, but no more than half the machine's memory
+/// holds at `max_alloc` each (a decode may take that much; before, 16 threads could each hold
+/// an 11,000 px PNG).
+pub fn decoders(limits: &DecodeLimits) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? * 1024.0)
+    });
+    match total {
+        Some(mem) => ((mem / 2.0 / limits.max_alloc.max(1) as f64) as usize).clamp(1, cpus),
+        None => cpus,
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM (never when `enabled` is false).

@@ -49,7 +49,9 @@ pub struct AppState {
     /// `/predict` requests at once (the queue depth): one more is 503 before its body is read,
     /// so uploads held in memory stay under `queue_depth x max_bytes`.
     pub admission: Semaphore,
-    /// Concurrent decodes (the CPU count): a decoded photo may take up to `max_alloc`.
+    /// How long a request's body may take to arrive (then 408).
+    pub body_timeout: Duration,
+    /// Concurrent decodes ([`super::decoders`]): each may take up to `decode_limits.max_alloc`.
     pub decoders: Semaphore,
 }
 
@@ -132,7 +134,9 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request) -> Result<Json<Pr
         drain(body).await;
         return Err(busy(s.batcher.config.capacity));
     };
-    let bytes = read_limited(body, s.max_bytes).await?;
+    let bytes = tokio::time::timeout(s.body_timeout, read_limited(body, s.max_bytes)).await.map_err(|_| {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {} s", s.body_timeout.as_secs()))
+    })??;
     let bytes = if multipart { multipart_file(Request::from_parts(parts, Body::from(bytes))).await? } else { bytes };
     let limits = s.decode_limits;
     let (size, norm) = (s.info.image_size, s.info.normalization);
@@ -237,8 +241,12 @@ fn check_request(s: &AppState, parts: &Parts) -> Result<(usize, bool), ApiError>
             .top_k
             .unwrap_or(s.default_top_k),
         None => s.default_top_k,
+    };
+    // As the CLI's --top-k: 0 is refused, more than the classes gives them all.
+    if top_k == 0 {
+        return Err(ApiError::bad_request("?top_k=0: ask for at least 1 class"));
     }
-    .clamp(1, s.info.classes.len().max(1));
+    let top_k = top_k.min(s.info.classes.len().max(1));
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|&n| n > s.max_bytes as u64) {
         return Err(too_big(n, s.max_bytes));
