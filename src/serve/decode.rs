@@ -34,7 +34,7 @@ pub fn decode_upload(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Api
     if bytes.is_empty() {
         return Err(ApiError::bad_request("empty body: send the image bytes (JPEG, PNG, WebP, BMP or GIF)"));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ApiError::bad_request(format!("cannot read the upload: {e}")))?;
     let Some(format) = reader.format() else {
@@ -47,7 +47,6 @@ pub fn decode_upload(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Api
     if format == ImageFormat::Jpeg {
         check_jpeg_complete(bytes)?;
     }
-    let mut reader = reader;
     let mut l = Limits::default();
     l.max_image_width = Some(limits.max_side);
     l.max_image_height = Some(limits.max_side);
