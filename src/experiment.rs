@@ -82,7 +82,7 @@ pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<
 pub fn check_validation_source(dir: &std::path::Path, val_split: Option<f64>) -> anyhow::Result<bool> {
     let val_dir = dir.join("val");
     match (val_split, val_dir.is_dir()) {
-        (Some(f), true) => anyhow::bail!("--val-split {f} was given but {} exists: use the folder (drop --val-split) or remove it", val_dir.display()),
+        (Some(f), true) => anyhow::bail!("--val-split {} was given but {} exists: use the folder (drop --val-split) or remove it", crate::paths::number(f), val_dir.display()),
         (Some(f), false) => crate::data::check_val_fraction(f).map(|_| true),
         (None, has_folder) => Ok(has_folder),
     }
@@ -132,7 +132,7 @@ pub fn load_data_with_validation(
         }
         (None, Some(f)) => {
             let (t, v) = crate::data::carve_validation(&train, f, seed)?;
-            eprintln!("validation: {} photos held out of train ({f} of each class, seed {seed}), {} left to train on", v.len(), t.len());
+            eprintln!("validation: {} photos held out of train ({} of each class, seed {seed}), {} left to train on", v.len(), crate::paths::number(f), t.len());
             (t, Some(v))
         }
         (None, None) => (train, None),
@@ -169,10 +169,41 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
     let (train_data, val_data, test_data) = load_data_with_validation(&exp.data, exp.val_split, exp.seed, exp.limit_per_class)?;
     let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
     let model = build_model(&opts, &init, &exp.device, exp.cache_dir.as_deref())?;
-    // --overwrite: the old run goes only now that the new one's data and model have loaded.
-    if let (true, Some(out)) = (exp.overwrite, &exp.out) {
-        crate::checkpoint::out_folder::clear(out)?;
+    // --overwrite: the old run is set aside only now that the new one's data and model have
+    // loaded, and comes back if the new run fails.
+    let replaced = match (exp.overwrite, &exp.out) {
+        (true, Some(out)) => Some(crate::checkpoint::out_folder::set_aside(out)?),
+        _ => None,
+    };
+    let result = train_and_write(exp, model, train_data, val_data, test_data);
+    match (replaced, &result) {
+        (Some(r), Ok(_)) => r.discard()?,
+        (Some(r), Err(_)) => {
+            r.restore()?;
+            if let Some(out) = &exp.out {
+                eprintln!("the new run failed: {} holds the run it was to replace, as it was", crate::paths::shown(out));
+            }
+        }
+        (None, _) => {}
     }
+    // A resumed run that finishes completes an interrupted --overwrite: its predecessor goes.
+    if let (Ok(_), Some(out), false) = (&result, &exp.out, exp.overwrite) {
+        let aside = out.join(crate::checkpoint::out_folder::REPLACED);
+        if aside.is_dir() {
+            std::fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+        }
+    }
+    result
+}
+
+/// Train an experiment's model and write its outputs (the part of [`fine_tune`] after loading).
+fn train_and_write(
+    exp: &Experiment,
+    model: Classifier,
+    train_data: Arc<ImageFolder>,
+    val_data: Option<Arc<ImageFolder>>,
+    test_data: Arc<ImageFolder>,
+) -> anyhow::Result<ExperimentResult> {
     let norm = exp.arch.normalization();
     let train_pipeline = match exp.augment {
         Augment::D2l => Pipeline::d2l_train(exp.image_size, norm),
@@ -187,6 +218,12 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         resume: exp.resume,
         progress: exp.progress,
         device_label: crate::device_label(&exp.device),
+        recorded: vec![
+            ("the backbone's start (scratch, or pretrained weights)".into(), if exp.init == ModelInit::Scratch { "scratch".into() } else { "pretrained".into() }),
+            ("--head-init".into(), format!("{:?}", exp.head_init)),
+            ("--image-size".into(), exp.image_size.to_string()),
+            ("--augment".into(), format!("{:?}", exp.augment).to_lowercase()),
+        ],
     };
     if let Some(out) = &exp.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

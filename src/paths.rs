@@ -1,5 +1,6 @@
-//! Paths as people should read them in reports and notebooks: relative to the working
-//! directory (never this machine's absolute checkout path).
+//! Paths (and numbers) as people should read them in reports, errors and notebooks: paths
+//! relative to the working directory (never this machine's absolute checkout path), numbers
+//! short.
 
 use std::path::Path;
 
@@ -14,6 +15,16 @@ pub fn shown(path: &Path) -> String {
         Some(r) if r.as_os_str().is_empty() => ".".into(),
         Some(r) => r.display().to_string(),
         None => path.display().to_string(),
+    }
+}
+
+/// `x` as a person would write it: plain decimals from 1e-4 to 1e6 (`0.2`, `0.0001`),
+/// scientific notation outside (`5e-5`; `1e-300`, not 300 digits).
+pub fn number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e6).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
     }
 }
 
@@ -48,5 +59,16 @@ mod tests {
         assert_eq!(shown(Path::new("data/train")), "data/train");
         let parent = cwd.parent().unwrap().join("shared/data");
         assert_eq!(shown(&parent), "../shared/data");
+    }
+
+    #[test]
+    fn numbers_are_short() {
+        assert_eq!(number(0.2), "0.2");
+        assert_eq!(number(5e-5), "5e-5");
+        assert_eq!(number(1e-4), "0.0001");
+        assert_eq!(number(1e-300), "1e-300");
+        assert_eq!(number(-2.5e7), "-2.5e7");
+        assert_eq!(number(0.0), "0");
+        assert_eq!(number(f64::NAN), "NaN");
     }
 }

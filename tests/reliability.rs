@@ -179,7 +179,7 @@ fn resume_refuses_other_data_batch_or_schedule() {
     }
     let other_batch = ["scratch", "--data", d, "--out", s(out.path()), "--image-size", "32", "--batch-size", "2", "--quiet", "--epochs", "2", "--val-split", "0.5", "--resume"];
     let o = finetune(&other_batch, &[]);
-    assert!(!o.status.success() && text(&o).contains("--resume: --batch-size"), "{}", text(&o));
+    assert!(!o.status.success() && text(&o).contains("--batch-size was 4, now 2"), "{}", text(&o));
     let o = finetune(&train_args(d, s(out.path()), &["--epochs", "2", "--val-split", "0.5", "--resume"]), &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(history(out.path()).len(), 2);
@@ -399,4 +399,136 @@ fn integer_and_nan_weights_are_refused_at_load_naming_the_tensor() {
         let e = format!("{:#}", transfer_workbook::checkpoint::read_tensors(&path).unwrap_err());
         assert!(e.contains(file) && e.contains("'features.0.weight'") && e.contains(want), "{e}");
     }
+}
+
+/// Every other choice that shapes the training is recorded with the checkpoint: a `--resume`
+/// that changes one is refused before any tensor is loaded, naming it with its old and new value.
+#[test]
+fn resume_refuses_each_changed_setting_naming_old_and_new() {
+    let (data, out) = finished_run(3, &["--epochs", "1"]);
+    let d = s(data.path());
+    let o = s(out.path());
+    let model = tensors(&out.path().join("model.safetensors"));
+    let resume = |extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = train_args(d, o, &["--epochs", "2", "--resume"]).into_iter().map(String::from).collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (resume(&["--lr", "0.5"]), "the learning rate (--lr) was 0.0005, now 0.5"),
+        (resume(&["--head-lr-mult", "3"]), "(--head-lr-mult) was 1, now 3"),
+        (resume(&["--seed", "5"]), "--seed was 0, now 5"),
+        (resume(&["--optimizer", "adam"]), "the optimizer (--optimizer, --momentum, --weight-decay) was"),
+        (resume(&["--momentum", "0.9"]), "the optimizer (--optimizer, --momentum, --weight-decay) was"),
+        (resume(&["--bn", "frozen"]), "BatchNorm (--bn) was train, now frozen"),
+        (resume(&["--freeze", "layer3"]), "the frozen blocks (--freeze) was"),
+        (resume(&["--loss", "mean"]), "the loss (--loss) was"),
+        (resume(&["--weight-decay", "0.01"]), "the optimizer (--optimizer, --momentum, --weight-decay) was"),
+        (resume(&["--augment", "keras"]), "--augment was d2l, now keras"),
+        (resume(&["--backbone", "resnet34"]), "--backbone was resnet18, now resnet34"),
+        (
+            ["scratch", "--data", d, "--out", o, "--image-size", "48", "--batch-size", "4", "--quiet", "--epochs", "2", "--resume"].map(String::from).to_vec(),
+            "--image-size was 32, now 48",
+        ),
+        // The same backbone, now from (this run's own) weights instead of scratch.
+        (
+            ["finetune", "--data", d, "--out", o, "--image-size", "32", "--batch-size", "4", "--quiet", "--epochs", "2", "--resume", "--weights", s(&out.path().join("model.safetensors"))]
+                .map(String::from)
+                .to_vec(),
+            "the backbone's start (scratch, or pretrained weights) was scratch, now pretrained",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = finetune(&args, &[]);
+        let t = text(&r);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {t}");
+        assert!(t.contains("--resume: ") && t.contains(want) && t.contains("--overwrite to start over"), "{args:?}: expected '{want}' in:\n{t}");
+        assert!(!t.contains("resuming from"), "{args:?} loaded the checkpoint: {t}");
+        assert_eq!(tensors(&out.path().join("model.safetensors")), model, "{args:?} touched the finished run");
+        assert_eq!(history(out.path()).len(), 1, "{args:?}");
+    }
+    // The same settings continue it.
+    let r = finetune(&train_args(d, o, &["--epochs", "2", "--resume"]), &[]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(history(out.path()).len(), 2);
+}
+
+/// An `--overwrite` run that fails in training (a learning rate that diverges) leaves the run it
+/// was to replace as it was: model, history, metrics and the checkpoint, and no `.replaced/`.
+#[test]
+fn a_failed_overwrite_keeps_the_run_it_was_to_replace() {
+    let (data, out) = finished_run(2, &["--epochs", "1"]);
+    let d = s(data.path());
+    let names = ["model.safetensors", "history.json", "metrics.json", "checkpoint/state.json"];
+    let before: Vec<Vec<u8>> = names.iter().map(|n| std::fs::read(out.path().join(n)).unwrap()).collect();
+    let o = finetune(&train_args(d, s(out.path()), &["--epochs", "2", "--lr", "1e30", "--overwrite"]), &[]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("training diverged"), "{t}");
+    assert!(t.contains("holds the run it was to replace, as it was"), "{t}");
+    for (n, b) in names.iter().zip(&before) {
+        assert_eq!(&std::fs::read(out.path().join(n)).unwrap(), b, "{n} changed");
+    }
+    assert!(!out.path().join(".replaced").exists() && !out.path().join(".replacing").exists());
+    // It is still a finished run that resumes.
+    let o = finetune(&train_args(d, s(out.path()), &["--epochs", "2", "--resume"]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(history(out.path()).len(), 2);
+}
+
+/// A kill between writing a final output under its temporary name and renaming it: the next
+/// run in the folder removes the `.NAME.tmp-PID` file, and `--resume` equals the uninterrupted run.
+#[test]
+fn a_kill_before_a_final_rename_leaves_no_temporary_file_behind() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 3, 1);
+    let d = s(data.path());
+    let base = tempfile::tempdir().unwrap();
+    let o = finetune(&train_args(d, s(base.path()), &["--epochs", "1"]), &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    for file in ["history.json", "model.safetensors"] {
+        let out = tempfile::tempdir().unwrap();
+        let o = finetune(&train_args(d, s(out.path()), &["--epochs", "1"]), &[("TRANSFER_WORKBOOK_FAULT", &format!("rename:{file}"))]);
+        assert!(!o.status.success() && text(&o).contains("aborting at write step"), "{file}: {}", text(&o));
+        let leftovers = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| n.contains(".tmp-")).collect()
+        };
+        assert_eq!(leftovers(out.path()).len(), 1, "{file}: the fault point was not reached");
+        let o = finetune(&train_args(d, s(out.path()), &["--epochs", "1", "--resume"]), &[]);
+        assert!(o.status.success(), "{file}: {}", text(&o));
+        assert_eq!(leftovers(out.path()), Vec::<String>::new(), "{file}");
+        assert_eq!(tensors(&out.path().join("model.safetensors")), tensors(&base.path().join("model.safetensors")), "{file}");
+        assert_eq!(history(out.path()), history(base.path()), "{file}");
+    }
+}
+
+/// A PNG whose header claims 20000 x 20000 grey pixels (a decompression bomb of a few dozen
+/// bytes): training skips it naming the file and the size, predict refuses it; nothing panics.
+#[test]
+fn an_image_too_large_to_decode_is_skipped_in_training_and_refused_in_predict() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 2, 1);
+    let bomb = data.path().join("train/red/+bomb.png");
+    std::fs::write(&bomb, support::png_bomb(20000, 0)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = finetune(&train_args(s(data.path()), s(out.path()), &["--epochs", "1"]), &[]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("+bomb.png: image is 20000 x 20000 px, over the limit") && t.contains("1 file skipped"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    let o = finetune(&["predict", s(&bomb), "--weights", s(&out.path().join("model.safetensors")), "--image-size", "32"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("+bomb.png") && t.contains("20000 x 20000") && !t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn a_tiny_val_split_is_worded_briefly() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 2, 1);
+    let out = tempfile::tempdir().unwrap();
+    let o = finetune(&train_args(s(data.path()), s(out.path()), &["--epochs", "1", "--val-split", "1e-300"]), &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("1e-300") && t.lines().all(|l| l.len() < 300), "{t}");
 }

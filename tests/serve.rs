@@ -2,6 +2,8 @@
 //! dynamic batching, back-pressure, a bounded load and a graceful stop. A tiny ResNet-18
 //! (2 classes, 32 px) saved with its model card keeps each test to seconds.
 
+mod support;
+
 use candle_core::Device;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -52,38 +54,6 @@ fn sample_jpeg() -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
     out.into_inner()
-}
-
-/// A valid PNG header declaring `side x side` px, with no pixel data (a few dozen bytes).
-fn png_bomb(side: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut crc_input = kind.to_vec();
-        crc_input.extend(data);
-        out.extend(&crc_input);
-        out.extend(crc32(&crc_input).to_be_bytes());
-    }
-    let mut ihdr = Vec::new();
-    ihdr.extend(side.to_be_bytes());
-    ihdr.extend(side.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut png, b"IHDR", &ihdr);
-    // One zlib stream of a few bytes that would inflate to 2.7 GB: never reached.
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
-    chunk(&mut png, b"IEND", &[]);
-    png
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 struct Reply {
@@ -219,7 +189,7 @@ fn bad_input_gets_the_right_status_and_a_json_error() {
         ("empty body", post(&url, Some("image/jpeg"), Some(token), b""), 400, "empty body"),
         ("not an image (text)", post(&url, Some("image/jpeg"), Some(token), b"this is not a photo of a hot dog"), 400, "not an image"),
         ("truncated JPEG (first 60%)", post(&url, Some("image/jpeg"), Some(token), truncated), 400, "truncated JPEG"),
-        ("PNG declaring 30,000 x 30,000 px", post(&url, Some("image/png"), Some(token), &png_bomb(30_000)), 413, "decompression-bomb"),
+        ("PNG declaring 30,000 x 30,000 px", post(&url, Some("image/png"), Some(token), &support::png_bomb(30_000, 2)), 413, "decompression-bomb"),
         ("body over --max-bytes (1 MiB + 1)", post(&url, Some("image/jpeg"), Some(token), &big), 413, "over the limit"),
         ("chunked body over --max-bytes (no length)", chunked(&url, token, &big), 413, "over the limit"),
         ("wrong content type (text/plain)", post(&url, Some("text/plain"), Some(token), &jpeg), 415, "text/plain"),

@@ -59,6 +59,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", tmp.display()));
     }
+    // Fault point `rename:NAME`: the file flushed under its temporary name, not renamed.
+    if std::env::var(FAULT_ENV).is_ok_and(|v| v.starts_with("rename:")) {
+        fault_point(&format!("rename:{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     sync_dir(&dir);
     Ok(())
@@ -73,6 +77,19 @@ pub fn write_json_atomic<S: Serialize>(path: &Path, value: &S) -> anyhow::Result
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+/// Remove the temporary files that interrupted writes of the files `names` left in `dir`
+/// (`.NAME.tmp-PID`), leaving everything else (a folder that is not only ours) alone.
+pub fn remove_leftovers_of(dir: &Path, names: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let ours = names.iter().any(|n| name.strip_prefix(&format!(".{n}.tmp-")).is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit())));
+        if ours {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

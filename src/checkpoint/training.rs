@@ -140,14 +140,33 @@ impl RunFiles {
     /// The saved run state, with the saved model loaded into `model`; `None` when there is no
     /// checkpoint yet. Leftovers of an interrupted save are removed first.
     pub fn load<S: DeserializeOwned>(&self, model: &Classifier) -> anyhow::Result<Option<S>> {
-        let Some(m) = self.manifest()? else { return Ok(None) };
+        let state = self.load_state()?;
+        if state.is_some() {
+            self.load_weights(model)?;
+        }
+        Ok(state)
+    }
+
+    /// The saved run state alone (nothing read into a model yet, so a caller can compare the
+    /// run's settings before the tensors), or `None` without a checkpoint. Leftovers of an
+    /// interrupted save are removed first.
+    pub fn load_state<S: DeserializeOwned>(&self) -> anyhow::Result<Option<S>> {
+        if self.manifest()?.is_none() {
+            return Ok(None);
+        }
         self.clean()?;
         let s = std::fs::read_to_string(self.state()).with_context(|| format!("reading {}", self.state().display()))?;
         let saved: Saved<S> = serde_json::from_str(&s).with_context(|| format!("parsing {}", self.state().display()))?;
+        Ok(Some(saved.state))
+    }
+
+    /// Load the committed checkpoint's model weights into `model`.
+    pub fn load_weights(&self, model: &Classifier) -> anyhow::Result<()> {
+        let Some(m) = self.manifest()? else { anyhow::bail!("{} holds no checkpoint", self.dir.display()) };
         let path = self.dir.join(&m.model);
         let tensors = read_tensors(&path)?;
         model.load_state(&tensors, &path.display().to_string())?;
-        Ok(Some(saved.state))
+        Ok(())
     }
 
     /// The optimizer's saved state, when there is one.

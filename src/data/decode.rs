@@ -1,12 +1,95 @@
-//! Decoding one image file, refusing truncated data. The `image` crate decodes a JPEG cut
-//! short (for instance the first 2 KB of a photo) without an error, filling the missing part
-//! with grey; Pillow refuses it ("image file is truncated"). So a JPEG's marker structure is
-//! walked first: every segment must be whole and the entropy-coded data must reach the EOI
-//! marker. PNG and the other formats already fail in their decoders when cut short.
+//! Decoding one image (a training photo, a file to predict, an upload to serve), refusing what
+//! the `image` crate alone would take:
+//! - truncated data: `image` decodes a JPEG cut short (for instance the first 2 KB of a photo)
+//!   without an error, filling the missing part with grey; Pillow refuses it ("image file is
+//!   truncated"). So a JPEG's marker structure is walked first: every segment must be whole and
+//!   the entropy-coded data must reach the EOI marker. PNG and the other formats already fail
+//!   in their decoders when cut short.
+//! - decompression bombs: a 388 KB greyscale PNG declaring 20,000 x 20,000 px passed the
+//!   decoder's own limits, then its RGB conversion allocated 1.2 GB (a panic in `image` under
+//!   a memory cap). The size is checked from the header against [`DecodeLimits`], counting the
+//!   decoder's buffer *and* the RGB copy, before any pixel buffer exists.
 
-use anyhow::{bail, Context};
-use image::RgbImage;
+use anyhow::Context;
+use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use std::io::Cursor;
 use std::path::Path;
+
+/// What one image may decode to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest width and height (px). 12,000 admits a 108 MP phone photo (12,000 x 9,000).
+    pub max_side: u32,
+    /// Largest memory one decode may take (bytes): the decoder's buffer plus the RGB copy.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        // 12,000 x 9,000 RGB is 324 MB; the limit sits just above it.
+        Self { max_side: 12_000, max_alloc: 400 << 20 }
+    }
+}
+
+/// Why an image was not decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Over [`DecodeLimits`] (seen from the header: nothing was allocated for it).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not an image, an unknown format, corrupt or cut short.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Decode image bytes (JPEG, PNG, WebP, BMP or GIF; the format is sniffed) to RGB within
+/// `limits`.
+pub fn decode_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    use DecodeError::{Invalid, TooLarge};
+    if bytes.is_empty() {
+        return Err(Invalid("empty: no image bytes (JPEG, PNG, WebP, BMP or GIF)".into()));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Invalid(format!("cannot read the image: {e}")))?;
+    let Some(format) = reader.format() else {
+        let start = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+        return Err(Invalid(format!("not an image: the {} bytes are not JPEG, PNG, WebP, BMP or GIF (they start with {start})", bytes.len())));
+    };
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(bytes).map_err(Invalid)?;
+    }
+    // The size from the header alone, before the decoder's own limits (which would refuse
+    // it without saying how large it is).
+    let (w, h) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| Invalid(format!("not a readable {format:?} image: {e}")))?;
+    if w > limits.max_side || h > limits.max_side {
+        return Err(TooLarge(format!("image is {w} x {h} px, over the limit of {m} x {m} px (decompression-bomb guard)", m = limits.max_side)));
+    }
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    let decoder = match reader.into_decoder() {
+        Ok(d) => d,
+        Err(image::ImageError::Limits(e)) => return Err(TooLarge(format!("{format:?} header refused by the decoder's limits ({e}): decompression-bomb guard"))),
+        Err(e) => return Err(Invalid(format!("not a readable {format:?} image: {e}"))),
+    };
+    let (w, h) = decoder.dimensions();
+    let color = decoder.color_type();
+    let rgb_copy = if color == image::ColorType::Rgb8 { 0 } else { w as u64 * h as u64 * 3 };
+    let need = decoder.total_bytes().saturating_add(rgb_copy);
+    if need > limits.max_alloc {
+        return Err(TooLarge(format!(
+            "image is {w} x {h} px {color:?}: decoding it and converting it to RGB needs {} MiB, over the limit of {} MiB (decompression-bomb guard)",
+            need.div_ceil(1 << 20),
+            limits.max_alloc >> 20
+        )));
+    }
+    match image::DynamicImage::from_decoder(decoder) {
+        Ok(img) => Ok(img.into_rgb8()),
+        Err(image::ImageError::Limits(e)) => Err(TooLarge(format!("{w} x {h} px {format:?} image refused by the decoder's limits ({e}): decompression-bomb guard"))),
+        Err(e) => Err(Invalid(format!("not a valid {format:?} image ({w} x {h} px): {e}"))),
+    }
+}
 
 /// Check that JPEG data (starting with SOI, `FF D8`) is complete: segments are walked by
 /// their lengths (so an EXIF thumbnail's own EOI inside APP1 is skipped), each scan's
@@ -63,14 +146,9 @@ pub fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Decode an image file to RGB; a truncated or corrupt file is an error naming it.
+/// Decode an image file to RGB within the default [`DecodeLimits`]; a truncated, corrupt or
+/// too large file is an error naming it.
 pub fn decode_image(path: &Path) -> anyhow::Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        if let Err(e) = check_jpeg_complete(&bytes) {
-            bail!("{}: {e}", path.display());
-        }
-    }
-    let img = image::load_from_memory(&bytes).with_context(|| format!("{}: cannot decode", path.display()))?;
-    Ok(img.to_rgb8())
+    decode_bytes(&bytes, DecodeLimits::default()).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

@@ -113,7 +113,9 @@ impl ImageFolder {
             .par_iter()
             .map(|(p, _)| {
                 // Truncated JPEGs are refused here (the decoder alone would return grey).
-                let r = super::decode::decode_image(p).map_err(|e| format!("{e:#}"));
+                let r = std::fs::read(p)
+                    .map_err(|e| format!("cannot read it: {e}"))
+                    .and_then(|bytes| super::decode::decode_bytes(&bytes, super::decode::DecodeLimits::default()).map_err(|e| e.to_string()));
                 bar.inc(1);
                 r
             })
@@ -129,8 +131,8 @@ impl ImageFolder {
                     ds.paths.push(path);
                 }
                 Err(e) => {
-                    eprintln!("warning: skipping {}: cannot decode ({e})", path.display());
-                    ds.skipped.push(Skipped { path, reason: format!("cannot decode: {e}") });
+                    eprintln!("warning: skipping {}: {e}", path.display());
+                    ds.skipped.push(Skipped { path, reason: e });
                 }
             }
         }
@@ -164,7 +166,8 @@ impl ImageFolder {
         let counts: Vec<String> = self.classes.iter().zip(self.class_counts()).map(|(c, n)| format!("{c} {n}")).collect();
         let mut s = format!("{}: {} images ({})", crate::paths::shown(&self.root), self.len(), counts.join(", "));
         if !self.skipped.is_empty() {
-            s.push_str(&format!(", {} files skipped", self.skipped.len()));
+            let n = self.skipped.len();
+            s.push_str(&format!(", {n} {} skipped", if n == 1 { "file" } else { "files" }));
         }
         s
     }

@@ -15,6 +15,7 @@ use crate::checkpoint::RunFiles;
 use crate::data::{ImageFolder, Loader};
 use crate::models::{BnMode, Classifier, Freeze};
 use crate::transforms::Pipeline;
+use anyhow::Context;
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -60,6 +61,11 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Device label for the report (`cpu`, `cuda:0`).
     pub device_label: String,
+    /// What else defines the run that only the caller knows (the command, where the weights
+    /// came from, the head's init, image size, augmentation), as (flag, value): a resumed run
+    /// must match each, like the settings the loop records itself (backbone, seed, precision,
+    /// every phase's optimizer, learning rates, freezing, BatchNorm mode and loss).
+    pub recorded: Vec<(String, String)>,
 }
 
 /// Where a run stands, saved as the checkpoint's `state.json`.
@@ -84,7 +90,9 @@ struct ResumeState {
 
 /// The settings a resumed run must share with the run it continues: the same photos in each
 /// split (so `--val-split`, `--seed` and `--limit-per-class` cannot move a held-out photo into
-/// training), the same batch size (steps), and for scheduled phases the same length.
+/// training), the same batch size (steps), for scheduled phases the same length, and every
+/// other choice that shapes the training (`choices`). A phase's epochs on a constant schedule
+/// may grow: that is how a finished run is continued.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct RunSettings {
     batch_size: usize,
@@ -93,12 +101,16 @@ struct RunSettings {
     val_files: Option<String>,
     /// Per phase: schedule, warmup epochs, and the epochs a non-constant schedule spans.
     phases: Vec<(Schedule, usize, Option<usize>)>,
+    /// (what, value) for each other choice, in order; absent in checkpoints of earlier
+    /// versions, which are resumed with only the checks above.
+    #[serde(default)]
+    choices: Option<Vec<(String, String)>>,
 }
 
 impl RunSettings {
-    fn of(cfg: &TrainConfig, train: &ImageFolder, val: Option<&ImageFolder>, phases: &[PhaseConfig]) -> Self {
+    fn of(model: &Classifier, cfg: &TrainConfig, train: &ImageFolder, val: Option<&ImageFolder>, phases: &[PhaseConfig]) -> anyhow::Result<Self> {
+        use sha2::Digest;
         let digest = |ds: &ImageFolder| {
-            use sha2::Digest;
             let mut h = sha2::Sha256::new();
             for (p, l) in ds.paths.iter().zip(&ds.labels) {
                 h.update(p.to_string_lossy().as_bytes());
@@ -106,26 +118,66 @@ impl RunSettings {
             }
             hex::encode(h.finalize())
         };
-        RunSettings {
+        let mut choices = cfg.recorded.clone();
+        choices.push(("--backbone".into(), model.arch.name().into()));
+        choices.push(("--seed".into(), cfg.seed.to_string()));
+        choices.push(("--precision".into(), json(&crate::ops::precision())?));
+        // The transforms carry the image size, the augmentation and the normalization.
+        for (what, p) in [("the training transforms (--image-size, --augment)", &cfg.train_pipeline), ("the test transforms (--image-size)", &cfg.test_pipeline)] {
+            choices.push((what.into(), hex::encode(sha2::Sha256::digest(format!("{p:?}").as_bytes()))[..16].to_string()));
+        }
+        for p in phases {
+            let n = &p.name;
+            choices.push((format!("phase '{n}': the optimizer (--optimizer, --momentum, --weight-decay)"), json(&p.optimizer)?));
+            choices.push((format!("phase '{n}': the learning rate (--lr)"), crate::paths::number(p.lr)));
+            choices.push((format!("phase '{n}': the head's learning-rate multiplier (--head-lr-mult)"), crate::paths::number(p.head_lr_mult)));
+            choices.push((format!("phase '{n}': the frozen blocks (--freeze)"), json(&p.freeze)?));
+            choices.push((format!("phase '{n}': BatchNorm (--bn)"), json(&p.bn_mode)?));
+            choices.push((format!("phase '{n}': the loss (--loss)"), json(&p.reduction)?));
+            choices.push((format!("phase '{n}': early stopping (--patience)"), json(&p.early_stopping)?));
+        }
+        Ok(RunSettings {
             batch_size: cfg.batch_size,
             train_files: digest(train),
             val_files: val.map(digest),
             phases: phases.iter().map(|p| (p.schedule, p.warmup_epochs, (p.schedule != Schedule::Constant).then_some(p.epochs))).collect(),
-        }
+            choices: Some(choices),
+        })
     }
 
-    /// Which setting differs from the saved run's, if any.
-    fn mismatch(&self, saved: &RunSettings) -> Option<&'static str> {
+    /// What differs from the saved run's settings, worded for the user, if anything.
+    fn mismatch(&self, saved: &RunSettings) -> Option<String> {
         if self.batch_size != saved.batch_size {
-            Some("--batch-size")
-        } else if self.train_files != saved.train_files || self.val_files != saved.val_files {
-            Some("the training or validation photos (--data, --val-split, --seed or --limit-per-class)")
-        } else if self.phases != saved.phases {
-            Some("the schedule (--schedule, --warmup-epochs, or the epochs of a scheduled phase)")
-        } else {
-            None
+            return Some(format!("--batch-size was {}, now {}", saved.batch_size, self.batch_size));
         }
+        if self.train_files != saved.train_files || self.val_files != saved.val_files {
+            return Some("the training or validation photos (--data, --val-split, --seed or --limit-per-class) differ".into());
+        }
+        if let (Some(now), Some(then)) = (&self.choices, &saved.choices) {
+            let missing = "(not set)".to_string();
+            for (what, value) in now {
+                let old = then.iter().find(|(w, _)| w == what).map_or(&missing, |(_, v)| v);
+                if old != value {
+                    return Some(format!("{what} was {old}, now {value}"));
+                }
+            }
+            if let Some((what, old)) = then.iter().find(|(w, _)| !now.iter().any(|(n, _)| n == w)) {
+                return Some(format!("{what} was {old}, now {missing}"));
+            }
+        }
+        if self.phases != saved.phases {
+            return Some("the schedule (--schedule, --warmup-epochs, or the epochs of a scheduled phase) differs".into());
+        }
+        None
     }
+}
+
+/// A value recorded in [`RunSettings::choices`]: its JSON, compact (a string without quotes).
+fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    Ok(match serde_json::to_value(value)? {
+        serde_json::Value::String(s) => s,
+        v => v.to_string(),
+    })
 }
 
 impl ResumeState {
@@ -185,16 +237,8 @@ pub fn train_validated(
     if let Some(f) = &files {
         f.create()?;
     }
-    let mut state = resume(&model, cfg, files.as_ref())?;
-    let settings = RunSettings::of(cfg, &train, val.as_deref(), phases);
-    match &state.settings {
-        Some(saved) => {
-            if let Some(what) = settings.mismatch(saved) {
-                anyhow::bail!("--resume: {what} differ from the run being resumed; pass the same settings, or --overwrite to start over");
-            }
-        }
-        None => state.settings = Some(settings),
-    }
+    let settings = RunSettings::of(&model, cfg, &train, val.as_deref(), phases)?;
+    let mut state = resume(&model, cfg, files.as_ref(), settings)?;
     state.ensure(phases.len());
     let data = Data { train, val, test, train_pipe: Arc::new(cfg.train_pipeline.clone()), test_pipe: Arc::new(cfg.test_pipeline.clone()) };
     let mut model = model;
@@ -214,14 +258,30 @@ pub fn train_validated(
 }
 
 /// The saved state of an interrupted run (its model loaded into `model`), or a fresh start.
-fn resume(model: &Classifier, cfg: &TrainConfig, files: Option<&RunFiles>) -> anyhow::Result<ResumeState> {
+/// A resume whose settings differ from the saved run's is refused before any tensor is read,
+/// naming the setting with its old and new value.
+fn resume(model: &Classifier, cfg: &TrainConfig, files: Option<&RunFiles>, settings: RunSettings) -> anyhow::Result<ResumeState> {
     if let (true, Some(f)) = (cfg.resume, files) {
-        if let Some(s) = f.load::<ResumeState>(model)? {
+        if let Some(mut s) = f.load_state::<ResumeState>()? {
+            match &mut s.settings {
+                Some(saved) => {
+                    if let Some(what) = settings.mismatch(saved) {
+                        let out = f.dir.parent().unwrap_or(&f.dir);
+                        anyhow::bail!("--resume: the run in {} was trained with other settings: {what}; pass the same settings, or --overwrite to start over", crate::paths::shown(out));
+                    }
+                    // A checkpoint of an earlier version records its choices from now on.
+                    if saved.choices.is_none() {
+                        saved.choices = settings.choices;
+                    }
+                }
+                None => s.settings = Some(settings),
+            }
+            f.load_weights(model).with_context(|| format!("--resume: loading the checkpoint in {} into a {} model", crate::paths::shown(&f.dir), model.arch))?;
             eprintln!("resuming from {} after epoch {}", f.dir.display(), s.epochs_done);
             return Ok(s);
         }
     }
-    Ok(ResumeState::default())
+    Ok(ResumeState { settings: Some(settings), ..Default::default() })
 }
 
 struct Data {

@@ -41,6 +41,7 @@ pub fn small_train_config(out: Option<std::path::PathBuf>, resume: bool) -> tran
         resume,
         progress: false,
         device_label: "cpu".into(),
+        recorded: vec![],
     }
 }
 
@@ -65,4 +66,37 @@ pub fn max_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = got.iter().zip(want).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
     (err, scale)
+}
+
+/// A valid PNG header declaring `side x side` px of 8-bit `color_type` (0 grey, 2 RGB), with no
+/// pixel data (a few dozen bytes).
+pub fn png_bomb(side: u32, color_type: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc_input = kind.to_vec();
+        crc_input.extend(data);
+        out.extend(&crc_input);
+        out.extend(crc32(&crc_input).to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([8, color_type, 0, 0, 0]); // 8-bit, deflate, no filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    // One zlib stream of a few bytes that would inflate to gigabytes: never reached.
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
