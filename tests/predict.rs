@@ -40,6 +40,23 @@ fn inputs_expand_folders_recursively_and_globs_and_name_what_is_missing() {
     }
 }
 
+/// A link to a parent folder is not followed (it looped until the path was too long), a link
+/// to a photo is a photo, a link to nothing is skipped.
+#[cfg(unix)]
+#[test]
+fn folders_do_not_follow_links_to_folders() {
+    use std::os::unix::fs::symlink;
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a");
+    std::fs::create_dir_all(a.join("sub")).unwrap();
+    RgbImage::new(8, 8).save(a.join("sub/1.png")).unwrap();
+    symlink(&a, a.join("sub/up")).unwrap();
+    symlink(a.join("sub/1.png"), a.join("2.png")).unwrap();
+    symlink(d.path().join("gone.png"), a.join("3.png")).unwrap();
+    let got = expand_inputs(&[a.to_str().unwrap().to_string()]).unwrap();
+    assert_eq!(got, vec![a.join("2.png"), a.join("sub/1.png")]);
+}
+
 #[test]
 fn batched_predictions_equal_one_at_a_time_and_follow_the_card() {
     let classes = vec!["blue".to_string(), "red".to_string(), "green".to_string()];

@@ -399,6 +399,14 @@ fn integer_and_nan_weights_are_refused_at_load_naming_the_tensor() {
         let e = format!("{:#}", transfer_workbook::checkpoint::read_tensors(&path).unwrap_err());
         assert!(e.contains(file) && e.contains("'features.0.weight'") && e.contains(want), "{e}");
     }
+    // A negative BatchNorm variance (NaN after the sqrt); a negative weight is fine.
+    let path = dir.path().join("negvar.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert("bn1.running_var".to_string(), Tensor::new(&[1f32, -0.5, 2.], &Device::Cpu).unwrap());
+    m.insert("bn1.weight".to_string(), Tensor::new(&[-1f32, 1., 1.], &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&m, &path).unwrap();
+    let e = format!("{:#}", transfer_workbook::checkpoint::read_tensors(&path).unwrap_err());
+    assert!(e.contains("negvar.safetensors") && e.contains("'bn1.running_var' holds 1 negative values of 3"), "{e}");
 }
 
 /// Every other choice that shapes the training is recorded with the checkpoint: a `--resume`
@@ -531,4 +539,21 @@ fn a_tiny_val_split_is_worded_briefly() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("1e-300") && t.lines().all(|l| l.len() < 300), "{t}");
+}
+
+/// A zip `.pth` whose `data.pkl` calls `posix.system` (what `torch.load` without
+/// `weights_only` would run) is refused naming the global; nothing is executed.
+#[test]
+fn a_zip_pth_with_a_code_payload_is_refused_naming_the_global() {
+    use pickles::{op, Pickle};
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("executed");
+    let path = dir.path().join("payload.pth");
+    let mut p = Pickle::default();
+    p.proto2();
+    p.global("posix", "system").str(&format!("touch {}", marker.display())).op(op::TUPLE1).op(op::REDUCE);
+    zip_pth(&path, &p.stop(), &[]);
+    let e = format!("{:#}", transfer_workbook::checkpoint::read_tensors(&path).unwrap_err());
+    assert!(e.contains("payload.pth") && e.contains("pickle global posix.system") && e.contains("nothing is executed"), "{e}");
+    assert!(!marker.exists());
 }

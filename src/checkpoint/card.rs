@@ -55,7 +55,16 @@ impl ModelCard {
             None => None,
         };
         let normalization = match meta.get("normalization") {
-            Some(s) => Some(serde_json::from_str(s).with_context(|| format!("bad 'normalization' {s:?}"))?),
+            Some(s) => {
+                let n: Normalization = serde_json::from_str(s).with_context(|| format!("bad 'normalization' {s:?}"))?;
+                if let Normalization::MeanStd { mean, std } = n {
+                    // Each channel is divided by its std: 0 gives infinities, below 0 flips the image.
+                    if !std.iter().all(|v| v.is_finite() && *v > 0.0) || !mean.iter().all(|v| v.is_finite()) {
+                        anyhow::bail!("bad 'normalization' {s:?}: each std must be a finite number above 0 and each mean finite");
+                    }
+                }
+                Some(n)
+            }
             None => None,
         };
         let test_accuracy = match meta.get("test_accuracy") {
@@ -139,6 +148,19 @@ mod tests {
         for (k, v) in [("image_size", "0"), ("image_size", "big"), ("test_accuracy", "1.5"), ("normalization", "\"sepia\""), ("classes", "hotdog")] {
             let err = ModelCard::from_metadata(&HashMap::from([(k.to_string(), v.to_string())])).unwrap_err();
             assert!(format!("{err:#}").contains(k), "{k}={v}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn a_normalization_that_divides_by_zero_or_flips_is_refused() {
+        let card = |mean: [f32; 3], std: [f32; 3]| {
+            let n = serde_json::to_string(&Normalization::MeanStd { mean, std }).unwrap();
+            ModelCard::from_metadata(&HashMap::from([("normalization".to_string(), n)]))
+        };
+        assert!(card([0.5; 3], [0.2; 3]).unwrap().normalization.is_some());
+        for std in [[0.2, 0.0, 0.2], [-1.0, 1.0, 1.0]] {
+            let e = format!("{:#}", card([0.5; 3], std).unwrap_err());
+            assert!(e.contains("bad 'normalization'") && e.contains("above 0"), "{e}");
         }
     }
 }

@@ -15,6 +15,15 @@ pub fn read_zip_pth(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .with_context(|| format!("{}: not a readable PyTorch zip checkpoint (truncated or corrupt?)", path.display()))?;
+    // Candle's pickle reader accepts any global: the allow-list is checked first.
+    let pickle_name = zip.file_names().find(|n| n.ends_with("/data.pkl") || *n == "data.pkl").map(str::to_string);
+    if let Some(name) = pickle_name {
+        let mut pickle = Vec::new();
+        zip.by_name(&name)
+            .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
+            .with_context(|| format!("{}: reading {name} (truncated or corrupt?)", path.display()))?;
+        super::legacy_pth::check_pickle_globals(&pickle).with_context(|| format!("{}: {name}", path.display()))?;
+    }
     let mut infos = Vec::new();
     let mut first_error = None;
     for key in [None, Some("state_dict"), Some("model")] {
@@ -93,6 +102,13 @@ pub fn check_weights(origin: &Path, tensors: &[(String, Tensor)]) -> anyhow::Res
                 let bad = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().filter(|v| !v.is_finite()).count();
                 if bad > 0 {
                     bail!("{}: tensor '{name}' holds {bad} NaN or infinite values of {}: the file is corrupt", origin.display(), t.elem_count());
+                }
+                // A variance below 0 makes BatchNorm's sqrt NaN at the first forward pass.
+                if name.ends_with("running_var") {
+                    let negative = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().filter(|v| **v < 0.0).count();
+                    if negative > 0 {
+                        bail!("{}: tensor '{name}' holds {negative} negative values of {}: a BatchNorm variance is never below 0, the file is corrupt", origin.display(), t.elem_count());
+                    }
                 }
             }
             other => bail!("{}: tensor '{name}' is {other:?}, not floating point: these are not model weights", origin.display()),

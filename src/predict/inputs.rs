@@ -10,19 +10,31 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// The image files under `dir`, recursively, sorted (hidden files and folders skipped).
+/// Symbolic links to files are kept; links to folders are not followed (a link to a parent
+/// folder looped forever) and links to nothing are skipped, each with a note on stderr.
 pub fn images_in_folder(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).with_context(|| format!("reading folder {}", d.display()))? {
-            let p = entry.with_context(|| format!("reading folder {}", d.display()))?.path();
+            let entry = entry.with_context(|| format!("reading folder {}", d.display()))?;
+            let p = entry.path();
             if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
                 continue;
             }
+            let link = entry.file_type().with_context(|| format!("reading {}", p.display()))?.is_symlink();
             if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file() && has_image_extension(&p) {
-                out.push(p);
+                if link {
+                    eprintln!("note: not following {}, a link to a folder (name the folder itself to include it)", p.display());
+                } else {
+                    stack.push(p);
+                }
+            } else if p.is_file() {
+                if has_image_extension(&p) {
+                    out.push(p);
+                }
+            } else if link && has_image_extension(&p) {
+                eprintln!("note: skipping {}: a link to nothing (its target is gone)", p.display());
             }
         }
     }

@@ -151,6 +151,17 @@ pub fn read_legacy_pth_bytes(data: &[u8]) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// Run a zip checkpoint's `data.pkl` through this VM for its globals alone: a global outside
+/// the allow-list (a code payload such as `posix.system`) is [`LegacyPthError::ForbiddenGlobal`];
+/// any other problem is left to the zip reader, which reports it with the tensors.
+pub fn check_pickle_globals(pickle: &[u8]) -> Result<()> {
+    let mut table = pickle::StorageTable::new();
+    match pickle::load_pickle(pickle, 0, &mut table) {
+        Err(e @ LegacyPthError::ForbiddenGlobal { .. }) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn malformed(offset: usize, msg: String) -> LegacyPthError {
     LegacyPthError::Malformed { offset, msg }
 }

@@ -564,10 +564,13 @@ impl<'a> Unpickler<'a, '_> {
             }
             None => return Err(self.err("persistent id does not start with a type name")),
         }
-        let [_, Value::Global(Global::Storage(kind)), key, _location, numel, view, ..] = &pid[..]
+        // Zip checkpoints write the same id without the view metadata.
+        let [_, Value::Global(Global::Storage(kind)), key, _location, numel, rest @ ..] = &pid[..]
         else {
             return Err(self.err("malformed ('storage', ...) persistent id"));
         };
+        let none = Value::None;
+        let view = rest.first().unwrap_or(&none);
         let key = match key {
             Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
