@@ -126,6 +126,8 @@ impl RunSettings {
         for (what, p) in [("the training transforms (--image-size, --augment)", &cfg.train_pipeline), ("the test transforms (--image-size)", &cfg.test_pipeline)] {
             choices.push((what.into(), hex::encode(sha2::Sha256::digest(format!("{p:?}").as_bytes()))[..16].to_string()));
         }
+        // The recipe (`finetune`, `freeze`, `two-phase`...) names its phases.
+        choices.push(("the phases (the command)".into(), phases.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")));
         for p in phases {
             let n = &p.name;
             choices.push((format!("phase '{n}': the optimizer (--optimizer, --momentum, --weight-decay)"), json(&p.optimizer)?));
