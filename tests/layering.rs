@@ -12,7 +12,7 @@ const LAYERS: [(&str, &[&str]); 7] = [
     ("ops", &[]),
     ("models", &["ops", "transforms", "imagenet"]),
     ("checkpoint", &["models", "transforms", "paths", "imagenet"]),
-    ("train", &["checkpoint", "models", "data", "transforms"]),
+    ("train", &["checkpoint", "models", "ops", "data", "transforms", "paths"]),
     ("plot", &["train", "data", "transforms"]),
 ];
 
