@@ -431,6 +431,28 @@ fn the_decode_budget_counts_the_rgb_copy_top_k_0_is_refused_and_a_stalled_body_t
 
 /// Concurrent decodes are sized by memory: never more than half the machine holds at
 /// `max_alloc` each, never fewer than one, never more than the CPUs.
+/// A client that opens a connection and stops halfway through its headers is closed after
+/// `header_timeout` (axum::serve has no timer, so hyper's own header timeout never fired).
+#[test]
+fn a_connection_whose_headers_stop_arriving_is_closed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_file(dir.path());
+    let server = start(&path, ServeConfig { header_timeout: Duration::from_secs(1), ..ServeConfig::default() });
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(conn, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
+    let t0 = Instant::now();
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let waited = t0.elapsed();
+    assert!(read.is_ok(), "the connection was not closed: {read:?} after {waited:?}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(15), "{waited:?}");
+    // The server still answers the next client.
+    assert_eq!(get(&format!("{}/health", server.url())).status, 200);
+    server.stop().unwrap();
+}
+
 #[test]
 fn concurrent_decodes_fit_in_half_the_memory() {
     use transfer_workbook::serve::{decoders, DecodeLimits};

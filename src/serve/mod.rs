@@ -57,6 +57,8 @@ pub struct ServeConfig {
     pub http_threads: usize,
     /// A request whose body has not arrived within this long is answered 408.
     pub body_timeout: Duration,
+    /// A connection whose request headers have not arrived within this long is closed.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServeConfig {
@@ -74,6 +76,7 @@ impl Default for ServeConfig {
             model_name: "model".into(),
             http_threads: 2,
             body_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -202,6 +205,7 @@ fn start(model: Classifier, card: &ModelCard, config: ServeConfig, signals: bool
         .build()
         .context("cannot start the HTTP runtime")?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let header_timeout = config.header_timeout;
     let thread = std::thread::Builder::new().name("serve".into()).spawn(move || -> anyhow::Result<()> {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -212,12 +216,52 @@ fn start(model: Classifier, card: &ModelCard, config: ServeConfig, signals: bool
                     _ = signal(signals) => eprintln!("signal received: finishing the requests in flight"),
                 }
             };
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+            accept_loop(listener, app, header_timeout, shutdown).await
         })
         // The router (and with it the batcher, whose drop lets the worker finish its queue)
         // is dropped when `serve` returns.
     })?;
     Ok(RunningServer { addr, stop: Some(stop_tx), thread: Some(thread) })
+}
+
+/// HTTP/1.1 on each accepted connection until `shutdown`, then waits for the requests in flight.
+/// A client that opens a connection and never finishes its headers is closed after
+/// `header_timeout` (with `axum::serve` it held its socket and task for ever).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: the next accept may succeed.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// How many uploads decode at once: one per CPU, but no more than half the machine's memory
