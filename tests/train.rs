@@ -26,6 +26,7 @@ fn step(opt: &mut transfer_workbook::train::Optimizer, a: &Var, b: &Var, ca: &[f
 }
 
 fn close(got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "got {got:?}, want {want:?}");
     for (g, w) in got.iter().zip(want) {
         assert!((*g as f64 - w).abs() < 1e-6, "got {got:?}, want {want:?}");
     }

@@ -62,9 +62,12 @@ pub fn conv_outputs(x: &candle_core::Tensor, w: &candle_core::Tensor, r: &candle
 }
 
 /// `(max |got - want|, max |want|)`: a difference and the scale it is judged against.
+/// A NaN in either makes `err` NaN, so `err <= tol * scale` fails (`f32::max` dropped it).
 pub fn max_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert_eq!(got.len(), want.len(), "result has {} values, the reference {}", got.len(), want.len());
+    let nan_max = |m: f32, v: f32| if v.is_nan() || v > m { v } else { m };
+    let scale = want.iter().fold(0f32, |m, v| nan_max(m, v.abs()));
+    let err = got.iter().zip(want).fold(0f32, |m, (p, q)| nan_max(m, (p - q).abs()));
     (err, scale)
 }
 
