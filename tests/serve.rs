@@ -388,12 +388,24 @@ fn png_of(img: image::DynamicImage) -> Vec<u8> {
     out.into_inner()
 }
 
+/// Sends `request` (cut short) on a raw connection, then reads until the server closes it (or
+/// 20 s pass): the read's result, what came back, and how long the server took.
+fn stall(server: &RunningServer, request: &str) -> (std::io::Result<usize>, String, Duration) {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let t0 = Instant::now();
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    (read, String::from_utf8_lossy(&answer).into_owned(), t0.elapsed())
+}
+
 /// The decode budget counts the RGB copy: a greyscale PNG whose RGB copy would pass the limit
 /// on its own is refused from its header (413), the RGB PNG of the same size is answered;
 /// `?top_k=0` is refused as the CLI's `--top-k 0` is; a body that stops arriving gets 408.
 #[test]
 fn the_decode_budget_counts_the_rgb_copy_top_k_0_is_refused_and_a_stalled_body_times_out() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model_file(dir.path());
     // 6000 x 6000: RGB 108 MB fits under 128 MB; grey is 36 MB + the 108 MB RGB copy.
@@ -417,35 +429,21 @@ fn the_decode_budget_counts_the_rgb_copy_top_k_0_is_refused_and_a_stalled_body_t
     let r = post(&format!("{url}?top_k=9"), Some("image/jpeg"), None, &jpeg);
     assert_eq!((r.status, r.json["top_k"].as_array().unwrap().len()), (200, 2), "{}", r.json);
     // Headers promising 1000 bytes, 10 of them sent, then nothing: 408 after the body timeout.
-    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(conn, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789").unwrap();
-    let t0 = Instant::now();
-    let mut answer = String::new();
-    let _ = conn.read_to_string(&mut answer);
+    let (_, answer, waited) = stall(&server, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n0123456789");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive within 1 s"), "{answer}");
-    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
     server.stop().unwrap();
 }
 
-/// Concurrent decodes are sized by memory: never more than half the machine holds at
-/// `max_alloc` each, never fewer than one, never more than the CPUs.
 /// A client that opens a connection and stops halfway through its headers is closed after
 /// `header_timeout` (axum::serve has no timer, so hyper's own header timeout never fired).
 #[test]
 fn a_connection_whose_headers_stop_arriving_is_closed() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model_file(dir.path());
     let server = start(&path, ServeConfig { header_timeout: Duration::from_secs(1), ..ServeConfig::default() });
-    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(conn, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty").unwrap();
-    let t0 = Instant::now();
-    let mut answer = Vec::new();
-    let read = conn.read_to_end(&mut answer);
-    let waited = t0.elapsed();
+    let (read, _, waited) = stall(&server, "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty");
     assert!(read.is_ok(), "the connection was not closed: {read:?} after {waited:?}");
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(15), "{waited:?}");
     // The server still answers the next client.
@@ -453,6 +451,8 @@ fn a_connection_whose_headers_stop_arriving_is_closed() {
     server.stop().unwrap();
 }
 
+/// Concurrent decodes are sized by memory: never more than half the machine holds at
+/// `max_alloc` each, never fewer than one, never more than the CPUs.
 #[test]
 fn concurrent_decodes_fit_in_half_the_memory() {
     use transfer_workbook::serve::{decoders, DecodeLimits};
