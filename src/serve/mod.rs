@@ -13,7 +13,6 @@
 //! in flight, then returns.
 
 pub mod batcher;
-pub mod cli;
 pub mod decode;
 pub mod error;
 pub mod infer;

@@ -1,12 +1,13 @@
-//! `finetune serve`'s flags (here rather than in the bin, so the bin only dispatches).
+//! `finetune serve`: its flags, checked, turned into the library's `ServeConfig`.
 
-use super::{DecodeLimits, ServeConfig};
-use crate::checkpoint::{load_model_with_card, WeightsSource};
-use crate::models::Arch;
-use crate::train::limits;
+use crate::args::{CacheArgs, DeviceArgs, COUNT};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use transfer_workbook::checkpoint::{load_model_with_card, WeightsSource};
+use transfer_workbook::models::Arch;
+use transfer_workbook::serve::{DecodeLimits, ServeConfig};
+use transfer_workbook::train::limits;
 
 /// `--batching`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,16 +48,16 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5)]
     pub batch_wait_ms: u64,
     /// Dynamic batching: group waiting requests into one forward pass. `auto`: on for a GPU,
-    /// off on the CPU, where it bought no throughput and cost p99 latency and memory
-    /// (EfficientNet-Lite0, 2 cores: 14.4 vs 17.6 req/s, p99 3.3 vs 1.1 s, 1.9 vs 0.5 GB).
+    /// off on the CPU, where it measured no gain in throughput and a higher p99 latency and
+    /// memory (README "Serve").
     #[arg(long, value_enum, default_value_t = Batching::Auto)]
     pub batching: Batching,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = COUNT)]
     pub top_k: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 impl ServeArgs {
@@ -73,8 +74,7 @@ impl ServeArgs {
         within("--max-batch", self.max_batch, 1, self.queue_depth.max(1))?;
         within("--batch-wait-ms", self.batch_wait_ms as usize, 0, 10_000)?;
         within("--max-bytes", self.max_bytes, 1, 1 << 30)?;
-        within("--max-image-side", self.max_image_side as usize, 32, 100_000)?;
-        limits::at_least_one("--top-k", self.top_k)
+        within("--max-image-side", self.max_image_side as usize, 32, 100_000)
     }
 
     pub fn config(&self, gpu: bool) -> ServeConfig {
@@ -106,14 +106,12 @@ impl ServeArgs {
     /// Load the model and serve it until Ctrl-C or SIGTERM.
     pub fn run(self) -> anyhow::Result<()> {
         self.check()?;
-        let device = crate::device::parse_device(&self.device)?;
+        let device = &self.device.device;
         let source = WeightsSource::parse(&self.weights);
-        // The hub cache is DIR/hub, as for every other command.
-        let hub = self.cache_dir.as_ref().map(|c| c.join("hub"));
-        let (model, card) = load_model_with_card(&source, self.backbone, &device, hub.as_deref())?;
+        let (model, card) = load_model_with_card(&source, self.backbone, device, self.cache.hub().as_deref())?;
         // The file's image size decides every request's allocation: check it like a flag.
         limits::batch_and_size(self.max_batch, card.image_size_or_default(), false).with_context(|| format!("the image size stored in {}", self.weights))?;
         let config = self.config(!device.is_cpu());
-        super::run(model, &card, config)
+        transfer_workbook::serve::run(model, &card, config)
     }
 }

@@ -1,0 +1,163 @@
+//! What several commands share: argument groups (flattened into each command's flags) and
+//! value parsers that check a number when clap reads it, with the library's wording.
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::Args;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use transfer_workbook::checkpoint::{default_weights, WeightsSource};
+use transfer_workbook::data::hotdog;
+use transfer_workbook::models::Arch;
+use transfer_workbook::ops::Precision;
+use transfer_workbook::train::limits;
+use transfer_workbook::{device_label, parse_device};
+
+/// The environment variables the downloads read (README "The first run, online").
+pub const ENVIRONMENT: &str = "\
+Environment:
+  WORKBOOK_HOTDOG_URL  where hotdog.zip comes from instead of d2l's URL: URL (d2l's SHA-1 is
+                       expected) or URL#sha1=HEX (another file)
+  HF_ENDPOINT          the Hugging Face hub's address (default https://huggingface.co)
+  HF_HOME              the hub cache is $HF_HOME/hub (default ~/.cache/huggingface/hub) unless
+                       --cache-dir DIR is given (then DIR/hub)
+  HF_HUB_OFFLINE=1     never ask the hub: hub weights come from the cache only
+  WORKBOOK_WEIGHTS_DIR first folder searched for local weights files (EfficientNet-Lite0)";
+
+/// A value parsed with `FromStr`, then checked by `check(flag, value)`; a refusal is a usage
+/// error (exit code 2) worded by the check, which names the flag.
+#[derive(Clone, Copy)]
+pub struct Checked<T>(pub fn(&str, T) -> anyhow::Result<()>);
+
+impl<T> TypedValueParser for Checked<T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &OsStr) -> Result<T, clap::Error> {
+        let flag = arg.and_then(|a| a.get_long()).map(|l| format!("--{l}")).unwrap_or_else(|| "a value".into());
+        let refuse = |message: String| clap::Error::raw(ErrorKind::ValueValidation, format!("{message}\n")).with_cmd(cmd);
+        let text = value.to_str().ok_or_else(|| refuse(format!("{flag}: the value is not UTF-8")))?;
+        let v = text.parse::<T>().map_err(|e| refuse(format!("invalid value '{text}' for '{flag}': {e}")))?;
+        (self.0)(&flag, v.clone()).map_err(|e| refuse(e.to_string()))?;
+        Ok(v)
+    }
+}
+
+/// At least 1: epochs, batch sizes, counts.
+pub const COUNT: Checked<usize> = Checked(limits::at_least_one);
+/// A learning rate or multiplier: see [`rate`].
+pub const RATE: Checked<f64> = Checked(rate);
+/// SGD momentum, in [0, 1).
+pub const MOMENTUM: Checked<f64> = Checked(limits::momentum);
+/// Weight decay: 0 or above.
+pub const NON_NEGATIVE: Checked<f64> = Checked(limits::non_negative);
+/// An input side of at least [`limits::MIN_IMAGE_SIZE`] px.
+pub const IMAGE_SIZE: Checked<u32> = Checked(|_, v| limits::image_size(v));
+
+/// A learning rate or multiplier: [`limits::positive`], and still above 0 and finite in
+/// float32, the arithmetic of the update (`--lr 1e-50` passed the f64 check and trained
+/// nothing: it is 0 in f32).
+pub fn rate(flag: &str, value: f64) -> anyhow::Result<()> {
+    limits::positive(flag, value)?;
+    let (low, high) = (f32::MIN_POSITIVE as f64, f32::MAX as f64);
+    if !(low..=high).contains(&value) {
+        let becomes = if value < low { "0 (or a denormal)" } else { "infinite" };
+        bail!("{flag} {value:e} is {becomes} in float32, the arithmetic of training: give a value between {low:e} and {high:e}");
+    }
+    Ok(())
+}
+
+/// `--device`, parsed once into a Candle device (clap's error quotes the flag and the value).
+fn device(text: &str) -> anyhow::Result<Device> {
+    parse_device(text)
+}
+
+/// Where downloads are cached.
+#[derive(Args, Clone, Debug)]
+pub struct CacheArgs {
+    /// Where downloads are cached: DIR/data (hotdog.zip) and DIR/hub (hub weights); default .cache/data and $HF_HOME/hub.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    /// The hub cache under `--cache-dir DIR` (DIR/hub, as for training), else hf-hub's own.
+    pub fn hub(&self) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|c| c.join("hub"))
+    }
+
+    /// DIR/data, or .cache/data.
+    pub fn data(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(|| PathBuf::from(".cache")).join("data")
+    }
+}
+
+/// The photos: a data folder, or d2l's hot-dog set downloaded into the cache.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data folder with train/<class>/ and test/<class>/ (or the split named), one folder per class
+    /// (default: download d2l's hotdog.zip, or $WORKBOOK_HOTDOG_URL).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl DataArgs {
+    /// `--data`, or the hot-dog set (downloaded on first use).
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.data {
+            Some(d) => Ok(d.clone()),
+            None => hotdog(&self.cache.data()).context("getting the d2l hot-dog data (pass --data DIR to use a local copy)"),
+        }
+    }
+}
+
+/// Where a command runs.
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", value_parser = device)]
+    pub device: Device,
+}
+
+/// Where and in what arithmetic a command trains.
+#[derive(Args, Clone, Debug)]
+pub struct ComputeArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Arithmetic of the CPU convolutions: f32, or bf16 products with f32 sums (CPUs with
+    /// AVX512-BF16; weights, gradients and optimizer state stay f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl ComputeArgs {
+    /// `--precision`: bf16 is the CPU kernels' path; set process-wide for the whole command.
+    pub fn apply(&self) -> anyhow::Result<Device> {
+        let device = self.device.device.clone();
+        if self.precision == Precision::Bf16 && !device.is_cpu() {
+            bail!("--precision bf16 is a path of the CPU kernels (AVX512-BF16); on {} use f32", device_label(&device));
+        }
+        transfer_workbook::ops::set_precision(self.precision).context("--precision")?;
+        Ok(device)
+    }
+
+    /// ", bf16" when the convolutions run in bfloat16 (titles and the examples/sec line).
+    pub fn note(&self) -> &'static str {
+        match self.precision {
+            Precision::F32 => "",
+            Precision::Bf16 => ", bf16",
+        }
+    }
+}
+
+/// `--weights`, or the backbone's default weights.
+pub fn weights_source(arch: Arch, weights: &Option<String>) -> WeightsSource {
+    weights.as_deref().map(WeightsSource::parse).unwrap_or_else(|| default_weights(arch))
+}

@@ -1,0 +1,185 @@
+//! A model on photos: predict, evaluate, zero-shot.
+
+use crate::args::{self, CacheArgs, DataArgs, DeviceArgs, COUNT, IMAGE_SIZE};
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+use transfer_workbook::checkpoint::{default_weights, load_model, load_model_with_card, WeightsSource};
+use transfer_workbook::data::ImageFolder;
+use transfer_workbook::device_label;
+use transfer_workbook::models::Arch;
+use transfer_workbook::predict::report::Format;
+use transfer_workbook::train::limits;
+use transfer_workbook::transforms::{Normalization, Pipeline};
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Image files, folders (searched recursively for image files) and glob patterns ('photos/*.jpg').
+    /// Unreadable images are skipped with a warning; the exit code is non-zero only if none could be read.
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// A model.safetensors written by a training command, or pretrained ImageNet weights.
+    #[arg(long)]
+    weights: Option<String>,
+    /// Needed when the weights file does not name it.
+    #[arg(long)]
+    backbone: Option<Arch>,
+    #[arg(long, default_value_t = 5, value_parser = COUNT)]
+    top_k: usize,
+    /// Input size (default: the one in the model file, else 224).
+    #[arg(long, value_parser = IMAGE_SIZE)]
+    image_size: Option<u32>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32, value_parser = COUNT)]
+    batch_size: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+/// A model for inference: a run's model.safetensors (backbone, classes, image size and
+/// normalization in its metadata), or pretrained weights with their ImageNet head.
+pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    use transfer_workbook::predict::{inputs::expand_inputs, predict_files, report::write_records, Preprocess};
+    // The card's size (known only once the model is read) is checked below, --image-size here.
+    limits::memory(a.batch_size, a.image_size.unwrap_or(224), false)?;
+    let source = match (&a.weights, a.backbone) {
+        (Some(w), _) => WeightsSource::parse(w),
+        (None, Some(arch)) => default_weights(arch),
+        (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
+    };
+    let (model, card) = load_model_with_card(&source, a.backbone, &a.device.device, a.cache.hub().as_deref())?;
+    let paths = expand_inputs(&a.images)?;
+    let mut pre = Preprocess::from_card(&model, &card);
+    pre.image_size = a.image_size.unwrap_or(pre.image_size);
+    limits::batch_and_size(a.batch_size, pre.image_size, false)?;
+    let said = if card.image_size.is_some() { "from the model file" } else { "defaults" };
+    eprintln!("{} images; {} px, normalization {:?} ({said}, --image-size overrides)", paths.len(), pre.image_size, pre.normalization);
+    let out = predict_files(&model, &paths, &pre, a.top_k, a.batch_size)?;
+    write_records(&mut std::io::stdout().lock(), &out.records, a.format)?;
+    eprintln!("predicted {} images, skipped {} unreadable", out.records.len(), out.skipped.len());
+    if out.records.is_empty() {
+        bail!("none of the {} files could be read as an image", paths.len());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvaluateArgs {
+    /// A model.safetensors written by a training command.
+    #[arg(long)]
+    weights: String,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Needed when the weights file does not name it.
+    #[arg(long)]
+    backbone: Option<Arch>,
+    /// Default: the size stored in the model file (224 when it has none).
+    #[arg(long, value_parser = IMAGE_SIZE)]
+    image_size: Option<u32>,
+    #[arg(long, default_value_t = 64, value_parser = COUNT)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Where metrics.json, confusion.png and top-losses.png go.
+    #[arg(long, default_value = "runs/evaluate")]
+    out: PathBuf,
+}
+
+/// `finetune evaluate`: a saved model on one split of a data folder.
+pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+    limits::memory(a.batch_size, a.image_size.unwrap_or(224), false)?;
+    let (model, card) = load_model_with_card(&WeightsSource::parse(&a.weights), a.backbone, &a.device.device, a.data.cache.hub().as_deref())?;
+    let image_size = a.image_size.unwrap_or(card.image_size_or_default());
+    limits::batch_and_size(a.batch_size, image_size, false).with_context(|| format!("the image size of {}", a.weights))?;
+    let dir = a.data.dir()?;
+    let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
+    eprintln!("{}", ds.summary());
+    let pipeline = Pipeline::d2l_test(image_size, card.normalization_for(model.arch));
+    let ev = transfer_workbook::evaluation::evaluate_split_with(&model, &ds, &a.split, &pipeline, a.batch_size)?;
+    let title = format!("{}: {} on {}", a.weights, model.arch, a.split);
+    transfer_workbook::evaluation::write_report(&ev, &ds, &title, &a.out)?;
+    eprintln!("wrote {}/{{metrics.json, confusion.png, top-losses.png}}", a.out.display());
+    println!("{}", ev.metrics.table());
+    Ok(())
+}
+
+/// `--normalization`: the input contracts of the Keras applications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Preprocessing {
+    /// ImageNet mean/std (torchvision, ResNet).
+    Imagenet,
+    /// Scaled to [-1, 1] (TensorFlow, EfficientNet-Lite).
+    #[value(alias = "minus-one-one")]
+    Tf,
+    /// BGR minus the ImageNet mean (Caffe).
+    Caffe,
+    /// Scaled to [0, 1].
+    Unit,
+}
+
+impl From<Preprocessing> for Normalization {
+    fn from(p: Preprocessing) -> Self {
+        match p {
+            Preprocessing::Imagenet => Normalization::imagenet(),
+            Preprocessing::Tf => Normalization::MinusOneOne,
+            Preprocessing::Caffe => Normalization::CaffeBgr,
+            Preprocessing::Unit => Normalization::Unit,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ZeroShotArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long, default_value = "efficientnet-lite0")]
+    backbone: Arch,
+    /// Pretrained ImageNet weights (default: the backbone's).
+    #[arg(long)]
+    weights: Option<String>,
+    /// The folder holding hot dogs (default: the one named like 'hotdog').
+    #[arg(long)]
+    positive_class: Option<String>,
+    /// Override the backbone's preprocessing, to compare contracts.
+    #[arg(long)]
+    normalization: Option<Preprocessing>,
+    #[arg(long, default_value_t = 224, value_parser = IMAGE_SIZE)]
+    image_size: u32,
+    #[arg(long, default_value_t = 50, value_parser = COUNT)]
+    batch_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Classify the test photos with the untouched ImageNet head.
+pub fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let arch = a.backbone;
+    let device = &a.device.device;
+    limits::memory(a.batch_size, a.image_size, false)?;
+    let model = load_model(&args::weights_source(arch, &a.weights), Some(arch), device, a.data.cache.hub().as_deref())?;
+    if model.num_classes() != 1000 {
+        bail!("zero-shot needs ImageNet weights with their 1000-class head");
+    }
+    let dir = a.data.dir()?;
+    let ds = Arc::new(ImageFolder::load(dir.join(&a.split))?);
+    eprintln!("{}", ds.summary());
+    let positive = transfer_workbook::zero_shot::positive_class(&ds.classes, a.positive_class.as_deref())?;
+    let norm = a.normalization.map(Normalization::from).unwrap_or(arch.normalization());
+    let pipeline = Pipeline::d2l_test(a.image_size, norm);
+    let r = transfer_workbook::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
+    eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive], model.class_names[934]);
+    println!("top-5 test acc {:.3}", r.top5_acc);
+    println!("test acc {:.3}", r.top1_acc);
+    eprintln!("{:.1} s on {}", t0.elapsed().as_secs_f64(), device_label(device));
+    Ok(())
+}
