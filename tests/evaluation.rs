@@ -2,6 +2,8 @@
 //! `finetune evaluate`, every training command on a synthetic 5-class folder, and the errors on
 //! bad validation input.
 
+mod support;
+
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -30,16 +32,6 @@ fn write_dataset(root: &Path, classes: usize, train: usize, test: usize) {
                 img.save(dir.join(format!("{i}.png"))).unwrap();
             }
         }
-    }
-}
-
-fn lite0_weights() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/weights/efficientnet-lite0-57934424.pth");
-    if p.is_file() {
-        Some(p)
-    } else {
-        eprintln!("note: {} absent (run tools/fetch-weights.sh); pretrained commands skipped", p.display());
-        None
     }
 }
 
@@ -75,7 +67,7 @@ fn every_command_trains_five_classes_with_validation_and_writes_the_report() {
     let d = data.path().to_str().unwrap();
     let small = ["--image-size", "32", "--batch-size", "8", "--quiet", "--val-split", "0.25"];
     let mut runs: Vec<(&str, Vec<&str>)> = vec![("scratch", vec!["scratch", "--epochs", "2", "--patience", "1"])];
-    let weights = lite0_weights();
+    let weights = support::lite0_weights();
     let w = weights.as_ref().map(|p| p.to_str().unwrap().to_string()).unwrap_or_default();
     if weights.is_some() {
         let lite = ["--backbone", "efficientnet-lite0", "--weights", w.as_str()];

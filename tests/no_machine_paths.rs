@@ -3,6 +3,8 @@
 //! path means nothing on a reader's machine, and in notebook outputs it shows that the
 //! printed paths were not made relative to the project.
 
+mod support;
+
 use std::process::Command;
 
 /// Absolute-path beginnings that only ever name one machine's files.
@@ -11,12 +13,10 @@ const MACHINE_PREFIXES: [&str; 6] = ["/work/", "/tmp/", "/root/", "/home/", "/Us
 #[test]
 fn no_committed_file_holds_a_machine_path() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = match Command::new("git").args(["ls-files", "-z"]).current_dir(root).output() {
-        Ok(o) if o.status.success() => o,
-        _ => {
-            eprintln!("note: not a git checkout (or no git): nothing to check");
-            return;
-        }
+    let out = Command::new("git").args(["ls-files", "-z"]).current_dir(root).output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        support::available("a git checkout (and git)", false, "git clone the project");
+        return;
     };
     let this_file = "tests/no_machine_paths.rs";
     let mut found = Vec::new();

@@ -67,8 +67,8 @@ fn flat(t: &Tensor) -> Vec<f64> {
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let (g, w) = (flat(got), flat(want));
-    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-    let err = g.iter().zip(&w).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let (err, scale) = support::max_difference_f64(&g, &w);
+    let scale = scale.max(1e-12);
     assert!(err <= tol * scale, "{what}: max error {err:e} vs scale {scale:e} (tolerance {tol:e} relative)");
 }
 

@@ -82,7 +82,7 @@ fn matches_tensor_op_path_without_ties() {
         let ours = run(|t| max_pool2d(t, k, s, p).unwrap(), &x, 100 + i as u64);
         let generic = run(|t| max_pool2d_generic(t, k, s, p).unwrap(), &x, 100 + i as u64);
         assert_eq!(ours.0, generic.0, "{dims:?} k{k} s{s} p{p}: forward");
-        let err = ours.1.iter().zip(&generic.1).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let (err, _) = support::max_difference(&ours.1, &generic.1);
         assert!(err < 1e-6, "{dims:?} k{k} s{s} p{p}: dx differs by {err}");
     }
 }

@@ -4,8 +4,9 @@
 //! `tools/parity/gen_transforms.py`; docs/parity.md has the numbers and the tolerances).
 //!
 //! The layers are compared separately, so that a difference says where it comes from:
-//! 1. JPEG decoding: the `image` crate against PIL (libjpeg-turbo), reported, not asserted
-//!    (a different IDCT or chroma upsampling is a decoder choice, not a pipeline bug);
+//! 1. JPEG decoding: the `image` crate against PIL (libjpeg-turbo), within a few levels (a
+//!    different IDCT or chroma upsampling is a decoder choice, not a pipeline bug; a wrong
+//!    colour conversion or upsampling is tens of levels);
 //! 2. resampling alone: Resize + CenterCrop of synthetic images built from a formula on both
 //!    sides (no decoder), against PIL's;
 //! 3. normalization alone: the crate's `Normalization` on PIL's own 224x224 crop, which must
@@ -13,7 +14,9 @@
 //! 4. the whole pipeline on the crate's own decode, against torchvision's output.
 //!
 //! The JPEGs live outside the repository (`../shared/data/hotdog-seefood`); without them the
-//! tests that need them print a note and pass (2 and 3 always run).
+//! tests that need them fail under CI and print a note elsewhere (2 and 3 always run).
+
+mod support;
 
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
@@ -84,12 +87,9 @@ fn load_fixture() -> Fixture {
     }
 }
 
-/// The fixture, or None (with a note) when the JPEGs are not there.
+/// The fixture, or None when the JPEGs are not there (`support::available`).
 fn fixture() -> Option<Fixture> {
-    if !PathBuf::from(DATA).is_dir() {
-        println!("note: {DATA} not found; skipping the checks on real JPEGs");
-        return None;
-    }
+    support::hotdog_photos()?;
     Some(load_fixture())
 }
 
@@ -123,7 +123,7 @@ fn level_diffs(a: &[f32], b: &[f32]) -> (f64, f64) {
     let (mut max, mut sum) = (0f64, 0f64);
     for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
         let d = ((x - y).abs() * 255.0 * STD[i / plane]) as f64;
-        max = max.max(d);
+        max = support::nan_max(max, d);
         sum += d;
     }
     (max, sum / a.len() as f64)
@@ -147,7 +147,7 @@ fn diffs<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> (f64, f64, usize) {
     let (mut max, mut sum, mut n) = (0f64, 0f64, 0usize);
     for (&x, &y) in a.iter().zip(b) {
         let d = (x.into() - y.into()).abs();
-        max = max.max(d);
+        max = support::nan_max(max, d);
         sum += d;
         n += (d != 0.0) as usize;
     }
@@ -186,7 +186,10 @@ fn load(info: &ImageInfo) -> image::RgbImage {
     img
 }
 
-/// 1. Does the `image` crate decode the same pixels as PIL? Reported, not asserted.
+/// 1. Does the `image` crate decode the same pixels as PIL? Not bit for bit (zune-jpeg's IDCT and
+/// chroma upsampling are not libjpeg-turbo's): measured on these three, at most 3 levels in the
+/// centre, 0.31 on average, and a mean shift of at most 0.20 levels per channel; the bounds sit
+/// just above that.
 #[test]
 fn jpeg_decoding_matches_pil() {
     let Some(fx) = fixture() else { return };
@@ -220,6 +223,11 @@ fn jpeg_decoding_matches_pil() {
             center.len(),
             mean_shift.join(", ")
         );
+        assert!(cmax <= 3.0 && cmean <= 0.4, "{}: the centre differs from PIL's by up to {cmax} levels, {cmean:.4} on average", info.file);
+        for c in 0..3 {
+            let shift = (sums[c] - theirs[c]) / (w * h) as f64;
+            assert!(shift.is_finite() && shift.abs() <= 0.25, "{}: channel {c}'s mean is {shift:+.4} levels off PIL's", info.file);
+        }
     }
 }
 
@@ -288,7 +296,7 @@ fn d2l_test_pipeline_matches_torchvision() {
         let (lmax, lmean) = level_diffs(&ours, &theirs);
         let (tm, ts) = (f64s(&fx.tensors[&format!("tensor_mean/{i}")]), f64s(&fx.tensors[&format!("tensor_std/{i}")]));
         let stats = channel_stats(&out, 3);
-        let stat_diff = (0..3).fold(0f64, |a, c| a.max((stats[c].0 - tm[c]).abs()).max((stats[c].1 - ts[c]).abs()));
+        let stat_diff = (0..3).fold(0f64, |a, c| support::nan_max(support::nan_max(a, (stats[c].0 - tm[c]).abs()), (stats[c].1 - ts[c]).abs()));
         println!(
             "{} ({}x{}): 224x224 u8 crop: {un}/{} values differ, max {umax} level(s), mean {umean:.4} levels; \
              normalized centre {c}x{c}: max abs diff {max:.4} ({lmax:.2} levels), mean {mean:.5} ({lmean:.3} levels); \

