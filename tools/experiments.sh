@@ -21,18 +21,20 @@ PRECISION=${PRECISION:-f32}
 suffix=""
 [ "$PRECISION" = f32 ] || suffix="-$PRECISION"
 if [ -z "${BIN:-}" ]; then
-  cargo build --release --quiet
+  # Cargo's own lines show the build's progress (minutes on a fresh machine).
+  cargo build --release
   BIN=${CARGO_TARGET_DIR:-target}/release/finetune
 fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
 [ -f "$W" ] || bash tools/fetch-weights.sh
-common=(${data[@]+"${data[@]}"} --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --precision "$PRECISION" --quiet)
+common=(${data[@]+"${data[@]}"} --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --precision "$PRECISION")
 run() {
   local name=$1$suffix; shift
   mkdir -p "runs/$name"
   echo "== $name: $*"
   local t0=$SECONDS
   # --overwrite: a rerun replaces the earlier run of the same name (the CLI refuses otherwise).
+  # Through tee the CLI has no terminal, so it prints one progress line per batch (into log.txt too).
   "$BIN" "$@" --out "runs/$name" --overwrite 2>&1 | tee "runs/$name/log.txt"
   echo "wall time $((SECONDS - t0)) s" | tee -a "runs/$name/log.txt"
 }
