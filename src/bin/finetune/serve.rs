@@ -1,6 +1,6 @@
 //! `finetune serve`: its flags, checked, turned into the library's `ServeConfig`.
 
-use crate::args::{CacheArgs, DeviceArgs, COUNT};
+use crate::args::{Checked, CacheArgs, DeviceArgs, COUNT};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,9 @@ use transfer_workbook::checkpoint::{load_model_with_card, WeightsSource};
 use transfer_workbook::models::Arch;
 use transfer_workbook::serve::{DecodeLimits, ServeConfig};
 use transfer_workbook::train::limits;
+
+/// Seconds: at least 1 (0 would close every connection at once).
+const COUNT_U64: Checked<u64> = Checked(|flag, v| transfer_workbook::train::limits::at_least_one(flag, v as usize));
 
 /// `--batching`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +57,12 @@ pub struct ServeArgs {
     pub batching: Batching,
     #[arg(long, default_value_t = 5, value_parser = COUNT)]
     pub top_k: usize,
+    /// Seconds a request's body may take to arrive (more: 408).
+    #[arg(long, default_value_t = ServeConfig::default().body_timeout.as_secs(), value_parser = COUNT_U64)]
+    pub body_timeout_s: u64,
+    /// Seconds a connection's request headers may take to arrive (more: the connection is closed).
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs(), value_parser = COUNT_U64)]
+    pub header_timeout_s: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -99,6 +108,8 @@ impl ServeArgs {
             top_k: self.top_k,
             decode_limits: DecodeLimits { max_side: self.max_image_side, ..DecodeLimits::default() },
             model_name,
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_s),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_s),
             ..ServeConfig::default()
         }
     }
