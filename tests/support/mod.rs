@@ -65,7 +65,6 @@ pub fn conv_outputs(x: &candle_core::Tensor, w: &candle_core::Tensor, r: &candle
 /// A NaN in either makes `err` NaN, so `err <= tol * scale` fails (`f32::max` dropped it).
 pub fn max_difference(got: &[f32], want: &[f32]) -> (f32, f32) {
     assert_eq!(got.len(), want.len(), "result has {} values, the reference {}", got.len(), want.len());
-    let nan_max = |m: f32, v: f32| if v.is_nan() || v > m { v } else { m };
     let scale = want.iter().fold(0f32, |m, v| nan_max(m, v.abs()));
     let err = got.iter().zip(want).fold(0f32, |m, (p, q)| nan_max(m, (p - q).abs()));
     (err, scale)
@@ -79,9 +78,10 @@ pub fn max_difference_f64(got: &[f64], want: &[f64]) -> (f64, f64) {
     (err, scale)
 }
 
-/// The larger of the two, NaN if either is NaN (`f64::max` returns the other one).
-pub fn nan_max(m: f64, v: f64) -> f64 {
-    if v.is_nan() || v > m {
+/// The larger of the two, NaN once either is NaN (`f32::max`/`f64::max` return the other one).
+pub fn nan_max<T: PartialOrd + Copy>(m: T, v: T) -> T {
+    // `v != v` only for NaN; a NaN `m` is kept since `v > NaN` is false.
+    if v != v || v > m {
         v
     } else {
         m

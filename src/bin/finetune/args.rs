@@ -72,11 +72,6 @@ pub fn rate(flag: &str, value: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--device`, parsed once into a Candle device (clap's error quotes the flag and the value).
-fn device(text: &str) -> anyhow::Result<Device> {
-    parse_device(text)
-}
-
 /// Where downloads are cached.
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {
@@ -121,8 +116,8 @@ impl DataArgs {
 /// Where a command runs.
 #[derive(Args, Clone, Debug)]
 pub struct DeviceArgs {
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu", value_parser = device)]
+    /// cpu, cuda or cuda:N (parsed once into a Candle device; clap's error quotes the flag and the value).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
 }
 
