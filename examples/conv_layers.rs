@@ -1,11 +1,12 @@
 //! Time the CPU convolution (forward, dX, dW) on every ResNet-18 conv shape, batch 32: im2col +
 //! GEMM, and for the 3x3 stride-1 layers also Winograd F(2x2, 3x3) (forward, dX and dW; the
-//! 7 px layers run im2col either way, `ops::im2col`'s size rule). `cargo run --release --example
+//! 7 px layers run im2col either way, `ops::conv::im2col`'s size rule). `cargo run --release --example
 //! conv_layers [batch]`; RAYON_NUM_THREADS sets the threads.
 
 use candle_core::{Device, Tensor};
 use std::time::Instant;
-use transfer_workbook::ops::im2col::{use_winograd, Conv, ConvGradInput, ConvGradWeight, ConvParams};
+use transfer_workbook::ops::conv::im2col::{Conv, ConvGradInput, ConvGradWeight, ConvParams};
+use transfer_workbook::ops::Kernels;
 
 fn time<T>(reps: usize, f: impl Fn() -> T) -> f64 {
     f();
@@ -42,14 +43,14 @@ fn main() -> candle_core::Result<()> {
     for (ci, co, hw, k, s, p, count) in layers {
         let x = Tensor::randn(0f32, 1., (b, ci, hw, hw), &dev)?;
         let w = Tensor::randn(0f32, 1., (co, ci, k, k), &dev)?;
-        let pr = ConvParams { stride: s, padding: p };
+        let pr = ConvParams { stride: s, padding: p, kernels: Kernels::default() };
         let y = x.apply_op2_no_bwd(&w, &Conv { p: pr })?;
         let (_, _, ho, wo) = y.dims4()?;
         let flops = 2.0 * (b * co * ho * wo * ci * k * k) as f64;
         let winograd = (k, s, p) == (3, 1, 1);
         let paths: &[bool] = if winograd { &[false, true] } else { &[false] };
         for &on in paths {
-            use_winograd(on);
+            let pr = ConvParams { kernels: Kernels { winograd: on, ..Kernels::default() }, ..pr };
             let f = time(5, || x.apply_op2_no_bwd(&w, &Conv { p: pr }).unwrap());
             let dx = time(5, || y.apply_op2_no_bwd(&w, &ConvGradInput { p: pr, x_dims: x.dims4().unwrap() }).unwrap());
             let dw = time(5, || x.apply_op2_no_bwd(&y, &ConvGradWeight { p: pr, w_dims: w.dims4().unwrap() }).unwrap());
@@ -66,7 +67,6 @@ fn main() -> candle_core::Result<()> {
             }
         }
     }
-    use_winograd(true);
     for (t, what) in totals.iter().zip(["im2col everywhere", "Winograd for 3x3 stride 1"]) {
         println!("network total, {what}: fwd {:.0} ms, dx {:.0} ms, dw {:.0} ms", t[0], t[1], t[2]);
     }

@@ -3,6 +3,7 @@
 
 use crate::data::{ImageFolder, Loader};
 use crate::models::{Arch, Classifier, Freeze, ModelOptions};
+use crate::ops::Kernels;
 use crate::transforms::Pipeline;
 use crate::train::metrics::{cross_entropy, Reduction};
 use crate::train::{recipes, Optimizer};
@@ -28,9 +29,29 @@ fn sync(t: &Tensor) -> candle_core::Result<()> {
     t.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>().map(|_| ())
 }
 
-/// Time `steps` training steps and `steps` inference batches after `warmup` untimed ones.
-pub fn bench_model(arch: Arch, device: &Device, batch: usize, image_size: u32, freeze: Freeze, warmup: usize, steps: usize) -> anyhow::Result<BenchResult> {
-    let opts = ModelOptions { freeze: freeze.clone(), ..ModelOptions::new(arch, vec!["0".into(), "1".into()]) };
+/// What [`bench_model`] times: `steps` training steps and `steps` inference batches after
+/// `warmup` untimed ones, at this batch and size, on these kernels.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub batch_size: usize,
+    pub image_size: u32,
+    pub freeze: Freeze,
+    pub kernels: Kernels,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+impl Default for BenchConfig {
+    /// `finetune bench`'s defaults: batch 32 at 224 px, everything trained, 1 + 3 steps.
+    fn default() -> Self {
+        Self { batch_size: 32, image_size: 224, freeze: Freeze::Nothing, kernels: Kernels::default(), warmup: 1, steps: 3 }
+    }
+}
+
+/// Time training steps and inference batches of `arch` on random data (see [`BenchConfig`]).
+pub fn bench_model(arch: Arch, device: &Device, c: &BenchConfig) -> anyhow::Result<BenchResult> {
+    let (batch, image_size, freeze, warmup, steps) = (c.batch_size, c.image_size, &c.freeze, c.warmup, c.steps);
+    let opts = ModelOptions { freeze: freeze.clone(), kernels: c.kernels, ..ModelOptions::new(arch, vec!["0".into(), "1".into()]) };
     let model = Classifier::scratch(&opts, device)?;
     let phase = recipes::d2l_finetune(1);
     let mut opt = Optimizer::new(phase.optimizer.clone(), model.param_groups(1e-5, 10.0));
@@ -86,11 +107,11 @@ pub struct EpochBench {
 
 /// Time decode, then one epoch of d2l fine-tuning steps of `arch` (random weights: speed does
 /// not depend on them) on `data/train`.
-pub fn bench_epoch(arch: Arch, device: &Device, data: &Path, batch: usize, image_size: u32) -> anyhow::Result<EpochBench> {
+pub fn bench_epoch(arch: Arch, device: &Device, kernels: Kernels, data: &Path, batch: usize, image_size: u32) -> anyhow::Result<EpochBench> {
     let t0 = Instant::now();
     let ds = Arc::new(ImageFolder::load(data.join("train"))?);
     let decode_seconds = t0.elapsed().as_secs_f64();
-    let model = Classifier::scratch(&ModelOptions::new(arch, ds.classes.clone()), device)?;
+    let model = Classifier::scratch(&ModelOptions { kernels, ..ModelOptions::new(arch, ds.classes.clone()) }, device)?;
     let phase = recipes::d2l_finetune(1);
     let mut opt = Optimizer::new(phase.optimizer.clone(), model.param_groups(phase.lr, phase.head_lr_mult));
     let pipeline = Arc::new(Pipeline::d2l_train(image_size, arch.normalization()));

@@ -26,7 +26,7 @@ pub fn evaluate_split(model: &Classifier, ds: &Arc<ImageFolder>, split: &str, im
 /// normalization, from its [`crate::checkpoint::ModelCard`]).
 pub fn evaluate_split_with(model: &Classifier, ds: &Arc<ImageFolder>, split: &str, pipeline: &Pipeline, batch_size: usize) -> anyhow::Result<Evaluation> {
     if ds.classes != model.class_names {
-        anyhow::bail!("{} has classes {:?} but the model's head has {:?}", crate::paths::shown(&ds.root), ds.classes, model.class_names);
+        anyhow::bail!("{} has classes {:?} but the model's head has {:?}", crate::util::paths::shown(&ds.root), ds.classes, model.class_names);
     }
     let pipeline = Arc::new(pipeline.clone());
     let predictions = Predictions::collect(model, ds, &pipeline, batch_size)?;

@@ -6,6 +6,7 @@ use crate::data::image_folder::load_train_test_limited;
 use crate::data::ImageFolder;
 use crate::evaluation::{evaluate_split_with, write_report, Evaluation};
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
+use crate::ops::Kernels;
 use crate::train::{train_validated, History, PhaseConfig, TrainConfig};
 use crate::transforms::Pipeline;
 use anyhow::Context;
@@ -21,12 +22,19 @@ pub enum ModelInit {
 }
 
 /// Which training augmentation to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Augment {
     /// RandomResizedCrop + flip (d2l).
     D2l,
     /// Resize 256 + random 224 crop + flip (the Keras lesson).
     Keras,
+}
+
+impl crate::util::Choice for Augment {
+    const CHOICES: &'static [crate::util::Named<Self>] = &[
+        crate::util::Named { value: Augment::D2l, name: "d2l", aliases: &[], help: "RandomResizedCrop + flip (d2l)" },
+        crate::util::Named { value: Augment::Keras, name: "keras", aliases: &[], help: "Resize 256 + random 224 crop + flip (the Keras lesson)" },
+    ];
 }
 
 #[derive(Clone, Debug)]
@@ -56,6 +64,9 @@ pub struct Experiment {
     /// Hold out this fraction of each class of `DIR/train` for validation (seeded with `seed`);
     /// `DIR/val/` is used instead when it exists. Early stopping needs one of the two.
     pub val_split: Option<f64>,
+    /// The CPU kernels of the model's convolutions (precision, Winograd); recorded in the
+    /// checkpoint and the model card, and a resumed run must keep them.
+    pub kernels: Kernels,
 }
 
 pub struct ExperimentResult {
@@ -82,7 +93,7 @@ pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<
 pub fn check_validation_source(dir: &std::path::Path, val_split: Option<f64>) -> anyhow::Result<bool> {
     let val_dir = dir.join("val");
     match (val_split, val_dir.is_dir()) {
-        (Some(f), true) => anyhow::bail!("--val-split {} was given but {} exists: use the folder (drop --val-split) or remove it", crate::paths::number(f), val_dir.display()),
+        (Some(f), true) => anyhow::bail!("--val-split {} was given but {} exists: use the folder (drop --val-split) or remove it", crate::util::paths::number(f), val_dir.display()),
         (Some(f), false) => crate::data::check_val_fraction(f).map(|_| true),
         (None, has_folder) => Ok(has_folder),
     }
@@ -110,7 +121,7 @@ pub fn load_data_with_validation(
     for ds in [Some(&train), val.as_ref(), Some(&test)].into_iter().flatten() {
         eprintln!("{}", ds.summary());
         for sk in &ds.skipped {
-            eprintln!("  skipped {}: {}", crate::paths::shown(&sk.path), sk.reason);
+            eprintln!("  skipped {}: {}", crate::util::paths::shown(&sk.path), sk.reason);
         }
     }
     if train.classes.len() < 2 {
@@ -132,7 +143,7 @@ pub fn load_data_with_validation(
         }
         (None, Some(f)) => {
             let (t, v) = crate::data::carve_validation(&train, f, seed)?;
-            eprintln!("validation: {} photos held out of train ({} of each class, seed {seed}), {} left to train on", v.len(), crate::paths::number(f), t.len());
+            eprintln!("validation: {} photos held out of train ({} of each class, seed {seed}), {} left to train on", v.len(), crate::util::paths::number(f), t.len());
             (t, Some(v))
         }
         (None, None) => (train, None),
@@ -167,7 +178,7 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         None => None,
     };
     let (train_data, val_data, test_data) = load_data_with_validation(&exp.data, exp.val_split, exp.seed, exp.limit_per_class)?;
-    let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
+    let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, kernels: exp.kernels, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
     let model = build_model(&opts, &init, &exp.device, exp.cache_dir.as_deref())?;
     // --overwrite: the old run is set aside only now that the new one's data and model have
     // loaded, and comes back if the new run fails.
@@ -181,7 +192,7 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         (Some(r), Err(_)) => {
             r.restore()?;
             if let Some(out) = &exp.out {
-                eprintln!("the new run failed: {} holds the run it was to replace, as it was", crate::paths::shown(out));
+                eprintln!("the new run failed: {} holds the run it was to replace, as it was", crate::util::paths::shown(out));
             }
         }
         (None, _) => {}
@@ -254,6 +265,7 @@ fn train_and_write(
             normalization: Some(norm),
             trained_at: Some(now_rfc3339()),
             test_accuracy: Some(test.metrics.accuracy),
+            kernels: Some(outcome.model.kernels),
             ..Default::default()
         };
         crate::checkpoint::atomic::fault_point("history");

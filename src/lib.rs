@@ -3,8 +3,8 @@
 //! Fine-tuning pretrained CNNs with Candle, as in d2l.ai 13.2 (the hot-dog example) and the
 //! Keras two-phase recipe. Small public pieces, one high-level call:
 //!
-//! The layers, each importing only the ones above it in this list (plus the leaf helpers
-//! [`paths`], [`imagenet`], [`device`]):
+//! The layers, each importing only the ones above it in this list (plus the leaf helpers of
+//! [`util`]: enums chosen by name, devices, ImageNet's class names, paths as reports print them):
 //! - [`transforms`]: torchvision-style augmentation and each backbone's normalization;
 //! - [`data`]: image-folder datasets, the d2l hot-dog download, a prefetching batch loader;
 //! - [`ops`]: every custom op and fast kernel (CPU kernel, generic fallback, backward);
@@ -25,16 +25,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Ask the allocator to keep freed memory for reuse instead of returning it to the OS. A
 /// training step frees and reallocates gigabytes of activations; returned pages come back
 /// zeroed by the kernel. Call once, early (the CLI does, and so does [`notebook::start`]).
-///
-/// - With the `mimalloc` feature (the CLI): mimalloc's `purge_delay = -1`. Page clearing
-///   (`clear_page_erms` in `perf`) was 15% of a ResNet-18 CPU step; batch 32, 2 threads:
-///   9.5 -> 11.0 img/s, peak RSS 2.20 -> 2.26 GB.
-/// - Without it, on glibc (the notebooks: Evcxr's kernel cannot take a second allocator):
-///   every buffer above glibc's mmap threshold (at most 32 MB by default) was a fresh `mmap`,
-///   and the heap was trimmed after each large free. Lifting both thresholds and padding the
-///   heap top, measured on EfficientNet-Lite0, batch 128, 224 px, 2 threads (`finetune bench`
-///   built without mimalloc): training 4.4 -> 13.2 img/s, inference 13.0 -> 48.9 img/s
-///   (mimalloc: 11.4 and 48.8), peak RSS 11.9 -> 12.6 GB (mimalloc: 14.5 GB).
+/// With the `mimalloc` feature (the CLI) it sets mimalloc's `purge_delay = -1`; without it, on
+/// glibc (the notebooks: Evcxr's kernel cannot take a second allocator), it lifts the mmap and
+/// trim thresholds and pads the heap top. docs/performance.md has the measurements.
 pub fn keep_freed_memory() {
     #[cfg(feature = "mimalloc")]
     {
@@ -77,23 +70,21 @@ pub fn keep_freed_memory() {
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
-pub mod device;
 pub mod evaluation;
 pub mod experiment;
-pub mod imagenet;
 pub mod models;
 pub mod notebook;
 pub mod ops;
-pub mod paths;
 pub mod plot;
 pub mod predict;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod train;
 pub mod transforms;
+pub mod util;
 pub mod zero_shot;
 
-pub use device::{device_label, parse_device};
+pub use util::device::{device_label, parse_device};
 pub use experiment::{fine_tune, Augment, Experiment, ExperimentResult, ModelInit};
 
 // Re-exported so notebooks and users need only this crate as a dependency.

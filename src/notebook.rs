@@ -97,6 +97,7 @@ impl Setting {
             cache_dir: None,
             head_init: HeadInit::Xavier,
             val_split: None,
+            kernels: kernels()?,
         })
     }
 }
@@ -108,29 +109,37 @@ pub fn project_dir() -> PathBuf {
 
 /// The first call of every notebook: works from the workbook's folder (so `runs/`, `.cache/`
 /// and `../shared/` mean what they mean for the CLI, and printed paths are relative to the
-/// project), keeps freed memory for reuse ([`crate::keep_freed_memory`]: 2.5-3x faster training
-/// in the kernel at 224 px), sets the CPU convolutions' arithmetic from `WORKBOOK_PRECISION`
-/// (`f32`, the default, or `bf16`: see [`crate::ops::Precision`]), and returns the setting
-/// (`WORKBOOK_SETTING`, else `default`).
+/// project), keeps freed memory for reuse ([`crate::keep_freed_memory`]), checks
+/// `WORKBOOK_PRECISION` ([`kernels`]), and returns the setting (`WORKBOOK_SETTING`, else
+/// `default`).
 pub fn start(default: Setting) -> anyhow::Result<Setting> {
     crate::keep_freed_memory();
     std::env::set_current_dir(project_dir()).with_context(|| format!("entering {}", project_dir().display()))?;
-    crate::ops::set_precision(precision()?).context("WORKBOOK_PRECISION")?;
+    kernels()?;
     Ok(Setting::from_env_or(default))
+}
+
+/// The CPU kernels of the notebooks' experiments: the arithmetic from `WORKBOOK_PRECISION`
+/// (`f32`, the default, or `bf16`: see [`crate::ops::Precision`]), refused on a CPU that cannot
+/// run it.
+pub fn kernels() -> anyhow::Result<crate::ops::Kernels> {
+    let k = crate::ops::Kernels::with_precision(precision()?);
+    k.check().context("WORKBOOK_PRECISION")?;
+    Ok(k)
 }
 
 /// `WORKBOOK_PRECISION` (`f32` or `bf16`), else f32.
 pub fn precision() -> anyhow::Result<crate::ops::Precision> {
-    use clap::ValueEnum;
+    use crate::util::Choice;
     match std::env::var("WORKBOOK_PRECISION") {
-        Ok(p) => crate::ops::Precision::from_str(p.trim(), true).map_err(|_| anyhow::anyhow!("WORKBOOK_PRECISION={p}: expected f32 or bf16")),
+        Ok(p) => crate::ops::Precision::from_name(&p).map_err(|e| anyhow::anyhow!("WORKBOOK_PRECISION={p}: expected {}", e.expected)),
         Err(_) => Ok(crate::ops::Precision::F32),
     }
 }
 
 /// `path` as the notebooks print it: relative to the working folder (the project, after [`start`]).
 pub fn shown(path: &std::path::Path) -> String {
-    crate::paths::shown(path)
+    crate::util::paths::shown(path)
 }
 
 /// The hot-dog photos: `WORKBOOK_DATA` if set, else the shared Kaggle copy beside the project,
@@ -159,7 +168,7 @@ pub fn pretrained(arch: Arch) -> anyhow::Result<WeightsSource> {
     let source = default_weights(arch);
     if let WeightsSource::File(path) = &source {
         if !path.is_file() {
-            anyhow::bail!("{} is missing: run `bash tools/fetch-weights.sh` in the workbook's folder", crate::paths::shown(path));
+            anyhow::bail!("{} is missing: run `bash tools/fetch-weights.sh` in the workbook's folder", crate::util::paths::shown(path));
         }
     }
     Ok(source)

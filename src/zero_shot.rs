@@ -2,7 +2,7 @@
 //! (class 934). A photo is called "hot dog" when class 934 is the top-1 (or in the top-5).
 
 use crate::data::ImageFolder;
-use crate::imagenet::HOTDOG_CLASS;
+use crate::util::imagenet::HOTDOG_CLASS;
 pub use crate::models::head::positive_class;
 use crate::models::Classifier;
 use crate::train::for_each_batch;

@@ -125,7 +125,8 @@ fn default_lite0_weights_are_found_from_any_working_directory() {
 }
 
 /// `--precision bf16` reaches the convolutions: the same run (same seed) trains to other
-/// losses than in f32, and says so in its summary; a CPU without AVX512-BF16 refuses it by name.
+/// losses than in f32, says so in its summary and in the model card; a CPU without AVX512-BF16
+/// refuses it by name.
 #[test]
 fn precision_bf16_trains_in_bf16_or_is_refused_by_name() {
     let data = tempfile::tempdir().unwrap();
@@ -137,13 +138,18 @@ fn precision_bf16_trains_in_bf16_or_is_refused_by_name() {
             "--out", out.path().to_str().unwrap(), "--quiet", "--precision", precision,
         ]);
         let history = std::fs::read_to_string(out.path().join("history.json")).ok();
-        (o, history.map(|h| serde_json::from_str::<serde_json::Value>(&h).unwrap()[0]["loss"].as_f64().unwrap()))
+        // The model card records the kernels the run trained on.
+        let card = transfer_workbook::checkpoint::ModelCard::read(&out.path().join("model.safetensors")).ok().and_then(|c| c.kernels);
+        (o, history.map(|h| serde_json::from_str::<serde_json::Value>(&h).unwrap()[0]["loss"].as_f64().unwrap()), card.map(|k| k.precision))
     };
-    let (f32_run, f32_loss) = run("f32");
+    use transfer_workbook::ops::Precision;
+    let (f32_run, f32_loss, f32_card) = run("f32");
     assert!(f32_run.status.success(), "{}", text(&f32_run));
-    let (bf16_run, bf16_loss) = run("bf16");
+    assert_eq!(f32_card, Some(Precision::F32));
+    let (bf16_run, bf16_loss, bf16_card) = run("bf16");
     if transfer_workbook::ops::bf16_supported() {
         assert!(bf16_run.status.success(), "{}", text(&bf16_run));
+        assert_eq!(bf16_card, Some(Precision::Bf16));
         assert!(String::from_utf8_lossy(&bf16_run.stdout).contains(" examples/sec on cpu, bf16"), "{}", text(&bf16_run));
         assert_ne!(f32_loss.unwrap(), bf16_loss.unwrap(), "bf16 trained exactly like f32: the flag did not reach the kernels");
     } else {

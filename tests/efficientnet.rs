@@ -17,7 +17,7 @@ fn imagenet_model(path: &Path) -> Classifier {
     let opts = ModelOptions {
         head_init: HeadInit::ImageNet,
         bn_mode: BnMode::Frozen,
-        ..ModelOptions::new(Arch::EfficientNetLite0, transfer_workbook::imagenet::class_names())
+        ..ModelOptions::new(Arch::EfficientNetLite0, transfer_workbook::util::imagenet::class_names())
     };
     Classifier::pretrained(&opts, &read_named(path).unwrap(), &Device::Cpu).unwrap()
 }

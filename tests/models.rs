@@ -133,7 +133,7 @@ fn conv_gradients_equal_candles_own() {
         let r = Tensor::randn(0f32, 1., (2, c_out, (size + 2 * pad - k) / stride + 1, (size + 2 * pad - k) / stride + 1), &dev).unwrap();
         let ours = conv2d(x.as_tensor(), w.as_tensor(), stride, pad).unwrap();
         let theirs = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
-        // On the CPU in f32 the forward is our im2col + GEMM (ops::im2col), no longer Candle's
+        // On the CPU in f32 the forward is our im2col + GEMM (ops::conv::im2col), no longer Candle's
         // own conv2d, so it agrees to rounding (GEMM blocking differs) rather than bit for bit;
         // tests/ops_conv.rs checks it against an f64 reference.
         let d = max_abs_diff(&ours, &theirs);
@@ -285,7 +285,7 @@ fn fused_batchnorm_matches_tensor_op_reference_forward_and_backward() {
 /// The depthwise kernel against Candle's grouped convolution, with TF-style asymmetric padding.
 #[test]
 fn depthwise_conv_matches_candle_grouped_conv_with_gradients() {
-    use transfer_workbook::ops::depthwise::{depthwise_conv2d, DwParams};
+    use transfer_workbook::ops::{depthwise_conv2d, DwParams};
     use transfer_workbook::models::efficientnet_lite::same_padding;
     let dev = Device::Cpu;
     for &(k, stride, size) in &[(3usize, 1usize, 8usize), (3, 2, 8), (5, 2, 9), (5, 1, 7)] {

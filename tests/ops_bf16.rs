@@ -2,14 +2,14 @@
 //! to nearest, ties to even (checked against the `half` crate's conversion), products summed
 //! in float32 (checked against float64 sums of the rounded operands, on odd sizes, several
 //! k-blocks, strided operands, `+=`); threads never change a bit; and the convolutions take the
-//! path when `set_precision` asks (their results move by bfloat16 rounding, not more).
-//! Its own test binary: the precision is process-wide. On a CPU without AVX512-BF16 the tests
-//! check what such a CPU does instead (`set_precision` refuses bf16, a bf16 product request
+//! path when their `Kernels` ask (their results move by bfloat16 rounding, not more).
+//! On a CPU without AVX512-BF16 the tests
+//! check what such a CPU does instead (`Kernels::check` refuses bf16, a bf16 product request
 //! computes float32's), and say that the bf16 product itself went untested.
 
 use candle_core::{Device, Tensor};
 use transfer_workbook::ops::gemm::{gemm_with, Mat};
-use transfer_workbook::ops::{bf16_supported, set_precision, Precision};
+use transfer_workbook::ops::{bf16_supported, Kernels, Precision};
 
 mod support;
 use support::{conv_outputs, max_difference, uniform_values as values};
@@ -120,7 +120,7 @@ fn operands_round_to_nearest_even_like_half() {
 #[test]
 fn convolutions_take_the_bf16_path_when_asked() {
     if !bf16_supported() {
-        let err = set_precision(Precision::Bf16).unwrap_err().to_string();
+        let err = Kernels::with_precision(Precision::Bf16).check().unwrap_err().to_string();
         assert!(err.contains("AVX512-BF16"), "{err}");
         return;
     }
@@ -137,12 +137,10 @@ fn convolutions_take_the_bf16_path_when_asked() {
         let k = Tensor::from_vec(values(co * c * kk * kk, s + 1), (co, c, kk, kk), &dev).unwrap();
         let (ho, wo) = ((h + 2 * pd - kk) / st + 1, (w + 2 * pd - kk) / st + 1);
         let r = Tensor::from_vec(values(b * co * ho * wo, s + 2), (b, co, ho, wo), &dev).unwrap();
-        set_precision(Precision::F32).unwrap();
-        let exact = conv_outputs(&x, &k, &r, st, pd);
-        set_precision(Precision::Bf16).unwrap();
-        let low = conv_outputs(&x, &k, &r, st, pd);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| conv_outputs(&x, &k, &r, st, pd));
-        set_precision(Precision::F32).unwrap();
+        let bf16 = Kernels::with_precision(Precision::Bf16);
+        let exact = conv_outputs(&x, &k, &r, st, pd, Kernels::default());
+        let low = conv_outputs(&x, &k, &r, st, pd, bf16);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| conv_outputs(&x, &k, &r, st, pd, bf16));
         for (what, ((l, e), o)) in ["y", "dx", "dw"].iter().zip(low.iter().zip(&exact).zip(&one)) {
             assert_eq!(l, o, "{what} of case {i}: bf16 result depends on the thread count");
             let (err, scale) = max_difference(l, e);

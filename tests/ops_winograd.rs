@@ -1,10 +1,9 @@
 //! The two CPU paths of a 3x3 stride-1 convolution, Winograd F(2x2, 3x3) (the default) and
-//! im2col + GEMM (`ops::im2col::use_winograd(false)`), give the same y, dx and dw to f32
-//! rounding, and the switch really changes the path (the results are not bit-identical).
-//! Its own test binary: the switch is process-wide.
+//! im2col + GEMM (`Kernels { winograd: false, .. }`), give the same y, dx and dw to f32
+//! rounding, and the setting really changes the path (the results are not bit-identical).
 
 use candle_core::{Device, Tensor};
-use transfer_workbook::ops::im2col::use_winograd;
+use transfer_workbook::ops::Kernels;
 
 mod support;
 use support::{conv_outputs, max_difference, uniform_values as values};
@@ -18,10 +17,8 @@ fn winograd_and_im2col_agree_to_rounding() {
         let x = Tensor::from_vec(values(b * c * h * w, s), (b, c, h, w), &dev).unwrap();
         let k = Tensor::from_vec(values(co * c * 9, s + 1), (co, c, 3, 3), &dev).unwrap();
         let r = Tensor::from_vec(values(b * co * h * w, s + 2), (b, co, h, w), &dev).unwrap();
-        use_winograd(false);
-        let direct = conv_outputs(&x, &k, &r, 1, 1);
-        use_winograd(true);
-        let wino = conv_outputs(&x, &k, &r, 1, 1);
+        let direct = conv_outputs(&x, &k, &r, 1, 1, Kernels { winograd: false, ..Kernels::default() });
+        let wino = conv_outputs(&x, &k, &r, 1, 1, Kernels::default());
         for (what, (a, d)) in ["y", "dx", "dw"].iter().zip(wino.iter().zip(&direct)) {
             let (err, scale) = max_difference(a, d);
             assert!(err <= 1e-5 * scale, "{what} ({b}, {c}, {co}, {h}, {w}): max difference {err:e}, scale {scale:e}");

@@ -36,8 +36,8 @@ fn close(got: &[f32], want: &[f64]) {
 fn sgd_with_momentum_weight_decay_and_two_groups_matches_hand_formula() {
     let (a, b) = (var(&[1.0, -2.0]), var(&[0.5]));
     let groups = vec![
-        ParamGroup { name: "backbone".into(), lr: 0.1, params: vec![("a".into(), a.clone())] },
-        ParamGroup { name: "head".into(), lr: 1.0, params: vec![("b".into(), b.clone())] },
+        ParamGroup { name: "backbone".into(), lr: 0.1, lr_mult: 1.0, params: vec![("a".into(), a.clone())] },
+        ParamGroup { name: "head".into(), lr: 1.0, lr_mult: 10.0, params: vec![("b".into(), b.clone())] },
     ];
     let mut opt = transfer_workbook::train::Optimizer::new(OptimizerKind::sgd(0.9, 0.01), groups);
     step(&mut opt, &a, &b, &[0.3, 0.4], &[-1.0]);
@@ -60,8 +60,8 @@ fn sgd_with_momentum_weight_decay_and_two_groups_matches_hand_formula() {
 fn adamw_matches_hand_formula() {
     let (a, b) = (var(&[1.0]), var(&[-1.0]));
     let groups = vec![
-        ParamGroup { name: "backbone".into(), lr: 0.01, params: vec![("a".into(), a.clone())] },
-        ParamGroup { name: "head".into(), lr: 0.1, params: vec![("b".into(), b.clone())] },
+        ParamGroup { name: "backbone".into(), lr: 0.01, lr_mult: 1.0, params: vec![("a".into(), a.clone())] },
+        ParamGroup { name: "head".into(), lr: 0.1, lr_mult: 10.0, params: vec![("b".into(), b.clone())] },
     ];
     let (b1, b2, eps, wd) = (0.9f64, 0.999f64, 1e-8f64, 0.1f64);
     let mut opt = transfer_workbook::train::Optimizer::new(OptimizerKind::AdamW { beta1: b1, beta2: b2, eps, weight_decay: wd }, groups);

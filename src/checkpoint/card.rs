@@ -10,6 +10,7 @@
 
 use super::weights::read_safetensors_metadata;
 use crate::models::Arch;
+use crate::ops::Kernels;
 use crate::transforms::Normalization;
 use anyhow::Context;
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub struct ModelCard {
     pub trained_at: Option<String>,
     /// Test accuracy of the saved weights, as the run measured it.
     pub test_accuracy: Option<f64>,
+    /// The CPU kernels it was trained on (precision, Winograd): a record, not a requirement.
+    pub kernels: Option<Kernels>,
 }
 
 impl ModelCard {
@@ -71,6 +74,10 @@ impl ModelCard {
             Some(s) => Some(s.parse::<f64>().ok().filter(|v| (0.0..=1.0).contains(v)).with_context(|| format!("bad 'test_accuracy' {s:?}"))?),
             None => None,
         };
+        let kernels = match meta.get("kernels") {
+            Some(s) => Some(serde_json::from_str(s).with_context(|| format!("bad 'kernels' {s:?}"))?),
+            None => None,
+        };
         Ok(Self {
             backbone: meta.get("backbone").cloned(),
             classes,
@@ -78,6 +85,7 @@ impl ModelCard {
             normalization,
             trained_at: meta.get("trained_at").cloned(),
             test_accuracy,
+            kernels,
         })
     }
 
@@ -101,6 +109,9 @@ impl ModelCard {
         }
         if let Some(a) = self.test_accuracy {
             m.insert("test_accuracy".into(), format!("{a}"));
+        }
+        if let Some(k) = &self.kernels {
+            m.insert("kernels".into(), serde_json::to_string(k).unwrap_or_default());
         }
         m
     }
@@ -138,6 +149,7 @@ mod tests {
             normalization: Some(Normalization::MinusOneOne),
             trained_at: Some(now_rfc3339()),
             test_accuracy: Some(0.924),
+            kernels: Some(Kernels::with_precision(crate::ops::Precision::Bf16)),
         };
         let back = ModelCard::from_metadata(&card.to_metadata()).unwrap();
         assert_eq!(back, card);
@@ -145,7 +157,7 @@ mod tests {
         let old = ModelCard::from_metadata(&HashMap::from([("backbone".to_string(), "resnet18".to_string())])).unwrap();
         assert_eq!(old.image_size_or_default(), 224);
         assert_eq!(old.normalization_for(Arch::ResNet18), Normalization::imagenet());
-        for (k, v) in [("image_size", "0"), ("image_size", "big"), ("test_accuracy", "1.5"), ("normalization", "\"sepia\""), ("classes", "hotdog")] {
+        for (k, v) in [("image_size", "0"), ("image_size", "big"), ("test_accuracy", "1.5"), ("normalization", "\"sepia\""), ("classes", "hotdog"), ("kernels", "fast")] {
             let err = ModelCard::from_metadata(&HashMap::from([(k.to_string(), v.to_string())])).unwrap_err();
             assert!(format!("{err:#}").contains(k), "{k}={v}: {err:#}");
         }

@@ -65,7 +65,7 @@ pub fn load_model_with_card(weights: &WeightsSource, arch: Option<Arch>, device:
         (None, Some(a)) => a,
         (None, None) => bail!("{} does not name its backbone: pass the backbone explicitly", path.display()),
     };
-    let class_names = card.classes.clone().unwrap_or_else(crate::imagenet::class_names);
+    let class_names = card.classes.clone().unwrap_or_else(crate::util::imagenet::class_names);
     let opts = ModelOptions { head_init: HeadInit::ImageNet, bn_mode: BnMode::Frozen, ..ModelOptions::new(arch, class_names) };
     let model = Classifier::pretrained(&opts, &read_named(&path)?, device)?;
     Ok((model, card))

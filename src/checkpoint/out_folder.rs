@@ -42,7 +42,7 @@ pub fn prepare(out: &Path, resume: bool, overwrite: bool) -> anyhow::Result<RunL
     if out.join(REPLACED).is_dir() {
         eprintln!(
             "note: {} holds the outputs an interrupted --overwrite run set aside (the run before it); they stay there until a run in this folder finishes",
-            crate::paths::shown(&out.join(REPLACED))
+            crate::util::paths::shown(&out.join(REPLACED))
         );
     }
     Ok(lock)

@@ -51,7 +51,7 @@ impl WeightsSource {
     /// For reports: a file relative to the working directory, or `hf:owner/repo/file`.
     pub fn describe(&self) -> String {
         match self {
-            WeightsSource::File(p) => crate::paths::shown(p),
+            WeightsSource::File(p) => crate::util::paths::shown(p),
             WeightsSource::Hub { repo, file } => format!("hf:{repo}/{file}"),
         }
     }

@@ -164,7 +164,7 @@ impl ImageFolder {
     /// One line: images per class and what was skipped.
     pub fn summary(&self) -> String {
         let counts: Vec<String> = self.classes.iter().zip(self.class_counts()).map(|(c, n)| format!("{c} {n}")).collect();
-        let mut s = format!("{}: {} images ({})", crate::paths::shown(&self.root), self.len(), counts.join(", "));
+        let mut s = format!("{}: {} images ({})", crate::util::paths::shown(&self.root), self.len(), counts.join(", "));
         if !self.skipped.is_empty() {
             let n = self.skipped.len();
             s.push_str(&format!(", {n} {} skipped", if n == 1 { "file" } else { "files" }));

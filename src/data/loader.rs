@@ -18,6 +18,13 @@ pub struct Batch {
     pub len: usize,
 }
 
+impl Batch {
+    /// The images and labels on `device` (a copy off the CPU; the same tensors on it).
+    pub fn on(&self, device: &candle_core::Device) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((self.images.to_device(device)?, self.labels.to_device(device)?))
+    }
+}
+
 /// Iterator over the batches of one epoch.
 pub struct Loader {
     rx: Receiver<anyhow::Result<Batch>>,

@@ -8,7 +8,7 @@ use anyhow::bail;
 /// `fraction` must lie strictly between 0 and 1 (the error names `--val-split` and the value).
 pub fn check_val_fraction(fraction: f64) -> anyhow::Result<()> {
     if !(fraction > 0.0 && fraction < 1.0) {
-        bail!("--val-split {} is outside (0, 1): give the fraction of each class's training photos held out for validation, e.g. 0.2", crate::paths::number(fraction));
+        bail!("--val-split {} is outside (0, 1): give the fraction of each class's training photos held out for validation, e.g. 0.2", crate::util::paths::number(fraction));
     }
     Ok(())
 }
@@ -24,7 +24,7 @@ pub fn carve_validation(train: &ImageFolder, fraction: f64, seed: u64) -> anyhow
             bail!(
                 "class '{class}' in {} has {n} photo(s): too few to hold out {} of them for validation (each side needs at least one; add photos, change --val-split, or provide {}/val/)",
                 train.root.join(class).display(),
-                crate::paths::number(fraction),
+                crate::util::paths::number(fraction),
                 train.root.parent().unwrap_or(&train.root).display()
             );
         }
@@ -32,6 +32,6 @@ pub fn carve_validation(train: &ImageFolder, fraction: f64, seed: u64) -> anyhow
     let mut parts = train.split(&[1.0 - fraction, fraction], seed)?.into_iter();
     match (parts.next(), parts.next()) {
         (Some(t), Some(v)) => Ok((t, v)),
-        _ => bail!("splitting {} gave no validation part", crate::paths::shown(&train.root)),
+        _ => bail!("splitting {} gave no validation part", crate::util::paths::shown(&train.root)),
     }
 }

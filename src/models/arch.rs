@@ -6,23 +6,29 @@ use super::efficientnet_lite;
 use super::resnet::{ResNet, ResNetConfig};
 use super::FeatureExtractor;
 use crate::transforms::Normalization;
+use crate::util::{Choice, Named};
 use candle_core::Result;
 
 /// The backbones the workbook knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Arch {
     #[serde(rename = "resnet18")]
-    #[value(name = "resnet18", alias = "resnet-18")]
     ResNet18,
     #[serde(rename = "resnet34")]
-    #[value(name = "resnet34", alias = "resnet-34")]
     ResNet34,
     #[serde(rename = "resnet50")]
-    #[value(name = "resnet50", alias = "resnet-50")]
     ResNet50,
     #[serde(rename = "efficientnet-lite0")]
-    #[value(name = "efficientnet-lite0", alias = "efficientnet_lite0", alias = "lite0")]
     EfficientNetLite0,
+}
+
+impl Choice for Arch {
+    const CHOICES: &'static [Named<Self>] = &[
+        Named { value: Arch::ResNet18, name: "resnet18", aliases: &["resnet-18"], help: "" },
+        Named { value: Arch::ResNet34, name: "resnet34", aliases: &["resnet-34"], help: "" },
+        Named { value: Arch::ResNet50, name: "resnet50", aliases: &["resnet-50"], help: "" },
+        Named { value: Arch::EfficientNetLite0, name: "efficientnet-lite0", aliases: &["efficientnet_lite0", "lite0"], help: "" },
+    ];
 }
 
 impl Arch {

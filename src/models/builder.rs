@@ -1,13 +1,14 @@
 //! A `VarBuilder` that also knows its store, so layers can reach their `Var`s (BatchNorm
-//! running statistics are updated in place) and the BatchNorm mode chosen for the run.
+//! running statistics are updated in place), the BatchNorm mode chosen for the run and the
+//! kernels its convolutions run on.
 
 use super::store::{ParamStore, KAIMING_FAN_OUT};
-use crate::ops::conv::Conv2d;
+use crate::ops::{Conv2d, Kernels};
 use candle_core::{Result, Var};
 use candle_nn::VarBuilder;
 
 /// How BatchNorm layers behave while training (evaluation always uses running statistics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BnMode {
     /// Normalise with batch statistics and update running mean/var (PyTorch `model.train()`).
@@ -16,16 +17,30 @@ pub enum BnMode {
     Frozen,
 }
 
+impl crate::util::Choice for BnMode {
+    const CHOICES: &'static [crate::util::Named<Self>] = &[
+        crate::util::Named { value: BnMode::Train, name: "train", aliases: &[], help: "Normalise with batch statistics and update running mean/var (PyTorch `model.train()`)" },
+        crate::util::Named {
+            value: BnMode::Frozen,
+            name: "frozen",
+            aliases: &[],
+            help: "Normalise with the running statistics and leave them untouched (Keras `training=False`)",
+        },
+    ];
+}
+
 #[derive(Clone)]
 pub struct Builder {
     pub vb: VarBuilder<'static>,
     pub store: ParamStore,
     pub bn_mode: BnMode,
+    /// The kernels every convolution it builds runs on.
+    pub kernels: Kernels,
 }
 
 impl Builder {
     pub fn pp<S: ToString>(&self, name: S) -> Self {
-        Self { vb: self.vb.pp(name), store: self.store.clone(), bn_mode: self.bn_mode }
+        Self { vb: self.vb.pp(name), store: self.store.clone(), bn_mode: self.bn_mode, kernels: self.kernels }
     }
 
     /// The full dotted name of `leaf` under this builder's prefix.
@@ -50,6 +65,6 @@ impl Builder {
     /// (Kaiming-normal, fan-out).
     pub fn conv2d_no_bias(&self, c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize) -> Result<Conv2d> {
         let w = self.vb.get_with_hints((c_out, c_in, k, k), "weight", KAIMING_FAN_OUT)?;
-        Ok(Conv2d { weight: w, stride, padding })
+        Ok(Conv2d { weight: w, stride, padding, kernels: self.kernels })
     }
 }

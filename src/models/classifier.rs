@@ -2,6 +2,7 @@
 
 use super::store::{xavier_uniform, FreezeFn, NamedTensors, ParamGroup, ParamStore};
 use super::{Arch, BnMode, Builder, FeatureExtractor, Freeze, HeadInit};
+use crate::ops::Kernels;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Module, Result, Tensor, Var};
 use candle_nn::{Init, Linear};
@@ -21,11 +22,13 @@ pub struct ModelOptions {
     pub freeze: Freeze,
     pub bn_mode: BnMode,
     pub seed: u64,
+    /// The CPU kernels of its convolutions (precision, Winograd).
+    pub kernels: Kernels,
 }
 
 impl ModelOptions {
     pub fn new(arch: Arch, class_names: Vec<String>) -> Self {
-        Self { arch, class_names, head_init: HeadInit::Xavier, freeze: Freeze::Nothing, bn_mode: BnMode::Train, seed: 0 }
+        Self { arch, class_names, head_init: HeadInit::Xavier, freeze: Freeze::Nothing, bn_mode: BnMode::Train, seed: 0, kernels: Kernels::default() }
     }
 }
 
@@ -36,6 +39,8 @@ pub struct Classifier {
     pub head_store: ParamStore,
     pub freeze: Freeze,
     pub bn_mode: BnMode,
+    /// The CPU kernels its convolutions run on.
+    pub kernels: Kernels,
     /// Dropout on the pooled features while training (0 disables it).
     pub dropout: f32,
     /// Draws the dropout masks; shared by rebuilt models and reseeded by the training loop at
@@ -52,7 +57,8 @@ fn head_init_bias(fan_in: usize) -> Init {
 }
 
 impl Classifier {
-    /// Build from stores that already exist (or are filled lazily by the build).
+    /// Build from stores that already exist (or are filled lazily by the build), on the default
+    /// kernels ([`Classifier::with_kernels`] changes them).
     pub fn from_stores(
         arch: Arch,
         class_names: Vec<String>,
@@ -61,8 +67,22 @@ impl Classifier {
         freeze: Freeze,
         bn_mode: BnMode,
     ) -> anyhow::Result<Self> {
+        Self::assemble(arch, class_names, backbone_store, head_store, freeze, bn_mode, Kernels::default())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        arch: Arch,
+        class_names: Vec<String>,
+        backbone_store: ParamStore,
+        head_store: ParamStore,
+        freeze: Freeze,
+        bn_mode: BnMode,
+        kernels: Kernels,
+    ) -> anyhow::Result<Self> {
+        kernels.check()?;
         let frozen = freeze.predicate(arch)?;
-        let b = Builder { vb: backbone_store.builder(frozen.clone()), store: backbone_store.clone(), bn_mode };
+        let b = Builder { vb: backbone_store.builder(frozen.clone()), store: backbone_store.clone(), bn_mode, kernels };
         let features = arch.build(&b).with_context(|| format!("building the {arch} backbone"))?;
         let d = features.feature_dim();
         let n = class_names.len();
@@ -79,6 +99,7 @@ impl Classifier {
             head_store,
             freeze,
             bn_mode,
+            kernels,
             dropout: arch.default_dropout(),
             dropout_rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(0))),
             frozen,
@@ -91,7 +112,7 @@ impl Classifier {
     pub fn scratch(opts: &ModelOptions, device: &Device) -> anyhow::Result<Self> {
         let backbone = ParamStore::random(opts.seed.wrapping_add(1), DType::F32, device);
         let head = ParamStore::random(opts.seed, DType::F32, device);
-        let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)?;
+        let model = Self::assemble(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode, opts.kernels)?;
         model.seed_dropout(opts.seed, 0);
         Ok(model)
     }
@@ -103,7 +124,7 @@ impl Classifier {
             HeadInit::Xavier | HeadInit::ImageNetRow { .. } => ParamStore::random(opts.seed, DType::F32, device),
             HeadInit::ImageNet => ParamStore::pretrained(p.clone(), DType::F32, device),
         };
-        let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode)?;
+        let model = Self::assemble(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode, opts.kernels)?;
         model.seed_dropout(opts.seed, 0);
         if let HeadInit::ImageNetRow { imagenet_class, target } = opts.head_init {
             model.copy_head_row(p, imagenet_class, target)?;
@@ -142,7 +163,16 @@ impl Classifier {
 
     /// The same parameters under another freezing / BatchNorm regime (cheap: storage is shared).
     pub fn rebuild(&self, freeze: Freeze, bn_mode: BnMode) -> anyhow::Result<Self> {
-        let mut m = Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode)?;
+        self.rebuild_with(freeze, bn_mode, self.kernels)
+    }
+
+    /// The same parameters and regime on other kernels (e.g. bf16 products for inference).
+    pub fn with_kernels(&self, kernels: Kernels) -> anyhow::Result<Self> {
+        self.rebuild_with(self.freeze.clone(), self.bn_mode, kernels)
+    }
+
+    fn rebuild_with(&self, freeze: Freeze, bn_mode: BnMode, kernels: Kernels) -> anyhow::Result<Self> {
+        let mut m = Self::assemble(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode, kernels)?;
         m.dropout_rng = self.dropout_rng.clone();
         Ok(m.with_dropout(self.dropout))
     }
@@ -232,9 +262,9 @@ impl Classifier {
         let (backbone, head) = self.trainable();
         let mut groups = Vec::new();
         if !backbone.is_empty() {
-            groups.push(ParamGroup { name: "backbone".into(), lr, params: backbone });
+            groups.push(ParamGroup { name: "backbone".into(), lr, lr_mult: 1.0, params: backbone });
         }
-        groups.push(ParamGroup { name: "head".into(), lr: lr * head_lr_mult, params: head });
+        groups.push(ParamGroup { name: "head".into(), lr: lr * head_lr_mult, lr_mult: head_lr_mult, params: head });
         groups
     }
 

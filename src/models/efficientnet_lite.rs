@@ -11,7 +11,7 @@ use super::batch_norm::BatchNorm;
 use super::builder::Builder;
 use super::store::KAIMING_FAN_OUT;
 use super::{check_steps, FeatureExtractor};
-use crate::ops::{depthwise_conv2d, global_avg_pool, Activation, Conv2d, DwParams};
+use crate::ops::{depthwise_conv2d_with, global_avg_pool, Activation, Conv2d, DwParams, Kernels};
 use candle_core::{Module, Result, Tensor};
 use std::ops::Range;
 
@@ -52,6 +52,7 @@ struct MbConv {
     k: usize,
     stride: usize,
     skip: bool,
+    kernels: Kernels,
 }
 
 impl MbConv {
@@ -71,6 +72,7 @@ impl MbConv {
             k,
             stride,
             skip: stride == 1 && c_in == c_out,
+            kernels: b.kernels,
         })
     }
 
@@ -83,7 +85,7 @@ impl MbConv {
         let (pt, pb) = same_padding(h, self.k, self.stride);
         let (pl, pr) = same_padding(w, self.k, self.stride);
         let p = DwParams { stride: self.stride, pad_top: pt, pad_bottom: pb, pad_left: pl, pad_right: pr };
-        y = self.bn1.forward_act(&depthwise_conv2d(&y, &self.dw_weight, p)?, train, None, Activation::Relu6)?;
+        y = self.bn1.forward_act(&depthwise_conv2d_with(&y, &self.dw_weight, p, self.kernels)?, train, None, Activation::Relu6)?;
         // The skip connection's addition fused into the projection's BatchNorm.
         self.bn2.forward_act(&self.project.forward(&y)?, train, self.skip.then_some(x), Activation::Identity)
     }

@@ -3,7 +3,7 @@
 
 use super::store::FreezeFn;
 use super::Arch;
-use crate::imagenet::HOTDOG_CLASS;
+use crate::util::imagenet::HOTDOG_CLASS;
 use anyhow::bail;
 use std::sync::Arc;
 

@@ -48,7 +48,10 @@ impl NamedTensors {
 #[derive(Clone)]
 pub struct ParamGroup {
     pub name: String,
+    /// The learning rate of the next step (the schedule sets it: base lr x `lr_mult` x factor).
     pub lr: f64,
+    /// This group's multiple of the phase's learning rate (d2l: 10 for the head, 1 elsewhere).
+    pub lr_mult: f64,
     pub params: Vec<(String, Var)>,
 }
 

@@ -4,19 +4,17 @@
 
 pub mod activation;
 pub mod batch_norm;
-mod bf16;
 pub mod conv;
-pub mod depthwise;
 pub mod gemm;
-pub mod im2col;
+mod kernels;
 pub mod pool;
-mod winograd;
 
 pub use activation::{relu, relu6};
 pub use batch_norm::{batch_norm_eval, batch_norm_eval_act, batch_norm_train, batch_norm_train_act, Activation};
-pub use conv::{conv2d, Conv2d};
-pub use depthwise::{depthwise_conv2d, DwParams};
-pub use gemm::{bf16_supported, precision, set_precision, Precision};
+pub use conv::depthwise::{depthwise_conv2d, depthwise_conv2d_with, DwParams};
+pub use conv::{conv2d, conv2d_with, Conv2d};
+pub use gemm::{bf16_supported, Precision};
+pub use kernels::Kernels;
 pub use pool::{global_avg_pool, max_pool2d};
 
 use candle_core::{CpuStorage, Layout, Result};

@@ -4,7 +4,7 @@ use super::FileRecord;
 use std::io::Write;
 
 /// `--format`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {
     /// Each path, then its top-k classes with probabilities.
     #[default]
@@ -13,6 +13,19 @@ pub enum Format {
     Json,
     /// A header, then path,class,probability,top_k with top_k as `class:probability` joined by `|`.
     Csv,
+}
+
+impl crate::util::Choice for Format {
+    const CHOICES: &'static [crate::util::Named<Self>] = &[
+        crate::util::Named { value: Format::Text, name: "text", aliases: &[], help: "Each path, then its top-k classes with probabilities" },
+        crate::util::Named { value: Format::Json, name: "json", aliases: &[], help: "A JSON array of {path, class, probability, top_k: [{index, class, probability}]}" },
+        crate::util::Named {
+            value: Format::Csv,
+            name: "csv",
+            aliases: &[],
+            help: "A header, then path,class,probability,top_k with top_k as `class:probability` joined by `|`",
+        },
+    ];
 }
 
 /// RFC 4180 quoting where needed.

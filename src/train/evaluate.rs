@@ -15,8 +15,7 @@ fn batches_on<'a>(
     batch_size: usize,
 ) -> impl Iterator<Item = anyhow::Result<(Tensor, Tensor)>> + 'a {
     Loader::new(ds.clone(), pipeline.clone(), batch_size, false, 0, 0).map(move |batch| {
-        let b = batch?;
-        Ok((b.images.to_device(device)?, b.labels.to_device(device)?))
+        Ok(batch?.on(device)?)
     })
 }
 

@@ -121,7 +121,7 @@ impl RunSettings {
         let mut choices = cfg.recorded.clone();
         choices.push(("--backbone".into(), model.arch.name().into()));
         choices.push(("--seed".into(), cfg.seed.to_string()));
-        choices.push(("--precision".into(), json(&crate::ops::precision())?));
+        choices.push(("--precision".into(), json(&model.kernels.precision)?));
         // The transforms carry the image size, the augmentation and the normalization.
         for (what, p) in [("the training transforms (--image-size, --augment)", &cfg.train_pipeline), ("the test transforms (--image-size)", &cfg.test_pipeline)] {
             choices.push((what.into(), hex::encode(sha2::Sha256::digest(format!("{p:?}").as_bytes()))[..16].to_string()));
@@ -131,8 +131,8 @@ impl RunSettings {
         for p in phases {
             let n = &p.name;
             choices.push((format!("phase '{n}': the optimizer (--optimizer, --momentum, --weight-decay)"), json(&p.optimizer)?));
-            choices.push((format!("phase '{n}': the learning rate (--lr)"), crate::paths::number(p.lr)));
-            choices.push((format!("phase '{n}': the head's learning-rate multiplier (--head-lr-mult)"), crate::paths::number(p.head_lr_mult)));
+            choices.push((format!("phase '{n}': the learning rate (--lr)"), crate::util::paths::number(p.lr)));
+            choices.push((format!("phase '{n}': the head's learning-rate multiplier (--head-lr-mult)"), crate::util::paths::number(p.head_lr_mult)));
             choices.push((format!("phase '{n}': the frozen blocks (--freeze)"), json(&p.freeze)?));
             choices.push((format!("phase '{n}': BatchNorm (--bn)"), json(&p.bn_mode)?));
             choices.push((format!("phase '{n}': the loss (--loss)"), json(&p.reduction)?));
@@ -269,7 +269,7 @@ fn resume(model: &Classifier, cfg: &TrainConfig, files: Option<&RunFiles>, setti
                 Some(saved) => {
                     if let Some(what) = settings.mismatch(saved) {
                         let out = f.dir.parent().unwrap_or(&f.dir);
-                        anyhow::bail!("--resume: the run in {} was trained with other settings: {what}; pass the same settings, or --overwrite to start over", crate::paths::shown(out));
+                        anyhow::bail!("--resume: the run in {} was trained with other settings: {what}; pass the same settings, or --overwrite to start over", crate::util::paths::shown(out));
                     }
                     // A checkpoint of an earlier version records its choices from now on.
                     if saved.choices.is_none() {
@@ -278,7 +278,7 @@ fn resume(model: &Classifier, cfg: &TrainConfig, files: Option<&RunFiles>, setti
                 }
                 None => s.settings = Some(settings),
             }
-            f.load_weights(model).with_context(|| format!("--resume: loading the checkpoint in {} into a {} model", crate::paths::shown(&f.dir), model.arch))?;
+            f.load_weights(model).with_context(|| format!("--resume: loading the checkpoint in {} into a {} model", crate::util::paths::shown(&f.dir), model.arch))?;
             eprintln!("resuming from {} after epoch {}", f.dir.display(), s.epochs_done);
             return Ok(s);
         }
@@ -465,11 +465,10 @@ fn train_epoch(
     let mut lr_sum = 0.0;
     for (i, batch) in loader.enumerate() {
         let b = batch?;
-        lr_sum += super::schedule::set_lrs(opt, phase.lr, phase.head_lr_mult, sched.factor(opt.steps as usize));
+        lr_sum += super::schedule::set_lrs(opt, phase.lr, sched.factor(opt.steps as usize));
         // d2l times the training step only, not waiting for data.
         let t0 = Instant::now();
-        let x = b.images.to_device(model.device())?;
-        let y = b.labels.to_device(model.device())?;
+        let (x, y) = b.on(model.device())?;
         let logits = model.forward_t(&x, true)?;
         let loss = cross_entropy(&logits, &y, phase.reduction)?;
         opt.backward_step(&loss)?;

@@ -208,9 +208,8 @@ fn sweep(model: &Classifier, train: Arc<ImageFolder>, pipeline: Arc<Pipeline>, c
     for (i, batch) in loader.take(steps).enumerate() {
         let b = batch?;
         let lr = geometric_lr(cfg.start_lr, cfg.end_lr, i, steps);
-        super::schedule::set_lrs(&mut opt, lr, cfg.head_lr_mult, 1.0);
-        let x = b.images.to_device(model.device())?;
-        let y = b.labels.to_device(model.device())?;
+        super::schedule::set_lrs(&mut opt, lr, 1.0);
+        let (x, y) = b.on(model.device())?;
         let loss = cross_entropy(&model.forward_t(&x, true)?, &y, cfg.reduction)?;
         opt.backward_step(&loss)?;
         let l = loss.to_scalar::<f32>()? as f64;

@@ -3,13 +3,20 @@
 use candle_core::{DType, Result, Tensor};
 
 /// How the batch loss is reduced before `backward()`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reduction {
     /// Sum over the batch, as d2l's `train_ch13` does (its lr 5e-5 assumes it).
     Sum,
     /// Mean over the batch (PyTorch's default, Keras).
     Mean,
+}
+
+impl crate::util::Choice for Reduction {
+    const CHOICES: &'static [crate::util::Named<Self>] = &[
+        crate::util::Named { value: Reduction::Sum, name: "sum", aliases: &[], help: "Sum over the batch, as d2l's `train_ch13` does (its lr 5e-5 assumes it)" },
+        crate::util::Named { value: Reduction::Mean, name: "mean", aliases: &[], help: "Mean over the batch (PyTorch's default, Keras)" },
+    ];
 }
 
 /// Cross-entropy of `logits [B, C]` against `labels [B]` (u32), reduced as asked.

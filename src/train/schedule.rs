@@ -16,7 +16,7 @@
 use super::optim::Optimizer;
 
 /// The shape of the learning rate over a phase.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     /// The same lr every step (d2l, Keras); the default.
@@ -25,8 +25,20 @@ pub enum Schedule {
     /// Cosine decay from lr to 0 over the phase (after the warmup).
     Cosine,
     /// PyTorch's OneCycleLR: lr/25 up to lr (warmup, default 30% of the steps), then cosine down to lr/25/1e4.
-    #[value(alias = "one-cycle")]
     Onecycle,
+}
+
+impl crate::util::Choice for Schedule {
+    const CHOICES: &'static [crate::util::Named<Self>] = &[
+        crate::util::Named { value: Schedule::Constant, name: "constant", aliases: &[], help: "The same lr every step (d2l, Keras); the default" },
+        crate::util::Named { value: Schedule::Cosine, name: "cosine", aliases: &[], help: "Cosine decay from lr to 0 over the phase (after the warmup)" },
+        crate::util::Named {
+            value: Schedule::Onecycle,
+            name: "onecycle",
+            aliases: &["one-cycle"],
+            help: "PyTorch's OneCycleLR: lr/25 up to lr (warmup, default 30% of the steps), then cosine down to lr/25/1e4",
+        },
+    ];
 }
 
 /// PyTorch `OneCycleLR` defaults.
@@ -90,12 +102,11 @@ impl StepSchedule {
     }
 }
 
-/// Set the optimizer's group lrs for one step: `lr * factor` for the backbone, and
-/// `lr * head_lr_mult * factor` for the group named `head` (as [`crate::models::Classifier::param_groups`]
-/// names them). Returns the backbone lr set.
-pub fn set_lrs(opt: &mut Optimizer, lr: f64, head_lr_mult: f64, factor: f64) -> f64 {
+/// Set the optimizer's group lrs for one step: `lr * factor` times each group's own multiplier
+/// (the head's 10x of [`crate::models::Classifier::param_groups`]). Returns `lr * factor`.
+pub fn set_lrs(opt: &mut Optimizer, lr: f64, factor: f64) -> f64 {
     for g in &mut opt.groups {
-        g.lr = if g.name == "head" { lr * head_lr_mult * factor } else { lr * factor };
+        g.lr = lr * g.lr_mult * factor;
     }
     lr * factor
 }

@@ -53,10 +53,10 @@ pub fn uniform_values(n: usize, seed: u64) -> Vec<f32> {
 
 /// `y`, `dx` and `dw` of `ops::conv2d(x, w, stride, pad)` under the loss `Σ r * y` (so dY = r),
 /// flattened: what the convolution tests compare between paths and precisions.
-pub fn conv_outputs(x: &candle_core::Tensor, w: &candle_core::Tensor, r: &candle_core::Tensor, stride: usize, pad: usize) -> Vec<Vec<f32>> {
+pub fn conv_outputs(x: &candle_core::Tensor, w: &candle_core::Tensor, r: &candle_core::Tensor, stride: usize, pad: usize, kernels: transfer_workbook::ops::Kernels) -> Vec<Vec<f32>> {
     use candle_core::Var;
     let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
-    let y = transfer_workbook::ops::conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
+    let y = transfer_workbook::ops::conv2d_with(xv.as_tensor(), wv.as_tensor(), stride, pad, kernels).unwrap();
     let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     [&y, g.get(xv.as_tensor()).unwrap(), g.get(wv.as_tensor()).unwrap()].iter().map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use candle_core::Device;
-use clap::builder::TypedValueParser;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::Args;
 use std::ffi::OsStr;
@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use transfer_workbook::checkpoint::{default_weights, WeightsSource};
 use transfer_workbook::data::hotdog;
 use transfer_workbook::models::Arch;
-use transfer_workbook::ops::Precision;
+use transfer_workbook::ops::{Kernels, Precision};
 use transfer_workbook::train::limits;
+use transfer_workbook::util::Choice;
 use transfer_workbook::{device_label, parse_device};
 
 /// The environment variables the downloads read (README "The first run, online").
@@ -48,28 +49,66 @@ where
     }
 }
 
+/// The value parser of a library enum picked by name ([`Choice`]): its names and aliases are
+/// clap's possible values, listed by `--help` and in the error for anything else.
+pub fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    let values = T::CHOICES.iter().map(|c| {
+        let v = PossibleValue::new(c.name).aliases(c.aliases.iter().copied());
+        if c.help.is_empty() {
+            v
+        } else {
+            v.help(c.help)
+        }
+    });
+    PossibleValuesParser::new(values).map(|name| T::from_name(&name).expect("clap accepted one of the choices"))
+}
+
 /// At least 1: epochs, batch sizes, counts.
-pub const COUNT: Checked<usize> = Checked(limits::at_least_one);
+pub const COUNT: Checked<usize> = Checked(|flag, v| worded(flag, limits::at_least_one(v)));
 /// A learning rate or multiplier: see [`rate`].
 pub const RATE: Checked<f64> = Checked(rate);
 /// SGD momentum, in [0, 1).
-pub const MOMENTUM: Checked<f64> = Checked(limits::momentum);
+pub const MOMENTUM: Checked<f64> = Checked(|flag, v| worded(flag, limits::momentum(v)));
 /// Weight decay: 0 or above.
-pub const NON_NEGATIVE: Checked<f64> = Checked(limits::non_negative);
+pub const NON_NEGATIVE: Checked<f64> = Checked(|flag, v| worded(flag, limits::non_negative(v)));
 /// An input side of at least [`limits::MIN_IMAGE_SIZE`] px.
-pub const IMAGE_SIZE: Checked<u32> = Checked(|_, v| limits::image_size(v));
+pub const IMAGE_SIZE: Checked<u32> = Checked(|flag, v| worded(flag, limits::image_size(v)));
+
+/// A library check's refusal worded with the flag: `--epochs must be at least 1 (got 0)`.
+pub fn worded(flag: &str, check: Result<(), limits::OutOfRange>) -> anyhow::Result<()> {
+    check.map_err(|e| anyhow::anyhow!("{flag} {e}"))
+}
 
 /// A learning rate or multiplier: [`limits::positive`], and still above 0 and finite in
 /// float32, the arithmetic of the update (`--lr 1e-50` passed the f64 check and trained
 /// nothing: it is 0 in f32).
 pub fn rate(flag: &str, value: f64) -> anyhow::Result<()> {
-    limits::positive(flag, value)?;
+    worded(flag, limits::positive(value))?;
     let (low, high) = (f32::MIN_POSITIVE as f64, f32::MAX as f64);
     if !(low..=high).contains(&value) {
         let becomes = if value < low { "0 (or a denormal)" } else { "infinite" };
         bail!("{flag} {value:e} is {becomes} in float32, the arithmetic of training: give a value between {low:e} and {high:e}");
     }
     Ok(())
+}
+
+/// [`limits::memory`] worded with the flags that change it.
+pub fn fits(batch_size: usize, image_size: u32, training: bool) -> anyhow::Result<()> {
+    limits::memory(batch_size, image_size, training).map_err(|e| {
+        anyhow::anyhow!(
+            "--batch-size {batch_size} at --image-size {image_size} needs at least {:.1} GB for {}, more than this machine's {:.1} GB of memory and swap: lower --batch-size or --image-size",
+            e.need / 1e9,
+            if training { "training" } else { "inference" },
+            e.have / 1e9
+        )
+    })
+}
+
+/// The checks every command shares: `--batch-size`, the image size, memory.
+pub fn batch_and_size(batch_size: usize, image_size: u32, training: bool) -> anyhow::Result<()> {
+    worded("--batch-size", limits::at_least_one(batch_size))?;
+    worded("--image-size", limits::image_size(image_size))?;
+    fits(batch_size, image_size, training)
 }
 
 /// Where downloads are cached.
@@ -128,19 +167,21 @@ pub struct ComputeArgs {
     pub device: DeviceArgs,
     /// Arithmetic of the CPU convolutions: f32, or bf16 products with f32 sums (CPUs with
     /// AVX512-BF16; weights, gradients and optimizer state stay f32).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = choice::<Precision>())]
     pub precision: Precision,
 }
 
 impl ComputeArgs {
-    /// `--precision`: bf16 is the CPU kernels' path; set process-wide for the whole command.
-    pub fn apply(&self) -> anyhow::Result<Device> {
+    /// The device, and the kernels the model's convolutions run on (`--precision`: bf16 is a
+    /// path of the CPU kernels, refused elsewhere and on a CPU without AVX512-BF16).
+    pub fn resolve(&self) -> anyhow::Result<(Device, Kernels)> {
         let device = self.device.device.clone();
         if self.precision == Precision::Bf16 && !device.is_cpu() {
             bail!("--precision bf16 is a path of the CPU kernels (AVX512-BF16); on {} use f32", device_label(&device));
         }
-        transfer_workbook::ops::set_precision(self.precision).context("--precision")?;
-        Ok(device)
+        let kernels = Kernels::with_precision(self.precision);
+        kernels.check().context("--precision")?;
+        Ok((device, kernels))
     }
 
     /// ", bf16" when the convolutions run in bfloat16 (titles and the examples/sec line).

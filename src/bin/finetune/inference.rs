@@ -1,6 +1,6 @@
 //! A model on photos: predict, evaluate, zero-shot.
 
-use crate::args::{self, CacheArgs, DataArgs, DeviceArgs, COUNT, IMAGE_SIZE};
+use crate::args::{self, choice, COUNT, CacheArgs, DataArgs, DeviceArgs, IMAGE_SIZE};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -10,7 +10,6 @@ use transfer_workbook::data::ImageFolder;
 use transfer_workbook::device_label;
 use transfer_workbook::models::Arch;
 use transfer_workbook::predict::report::Format;
-use transfer_workbook::train::limits;
 use transfer_workbook::transforms::{Normalization, Pipeline};
 
 #[derive(Args)]
@@ -23,7 +22,7 @@ pub struct PredictArgs {
     #[arg(long)]
     weights: Option<String>,
     /// Needed when the weights file does not name it.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<Arch>())]
     backbone: Option<Arch>,
     #[arg(long, default_value_t = 5, value_parser = COUNT)]
     top_k: usize,
@@ -33,7 +32,7 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32, value_parser = COUNT)]
     batch_size: usize,
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, default_value = "text", value_parser = choice::<Format>())]
     format: Format,
     #[command(flatten)]
     device: DeviceArgs,
@@ -46,7 +45,7 @@ pub struct PredictArgs {
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     use transfer_workbook::predict::{inputs::expand_inputs, predict_files, report::write_records, Preprocess};
     // The card's size (known only once the model is read) is checked below, --image-size here.
-    limits::memory(a.batch_size, a.image_size.unwrap_or(224), false)?;
+    crate::args::fits(a.batch_size, a.image_size.unwrap_or(224), false)?;
     let source = match (&a.weights, a.backbone) {
         (Some(w), _) => WeightsSource::parse(w),
         (None, Some(arch)) => default_weights(arch),
@@ -56,7 +55,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
     let paths = expand_inputs(&a.images)?;
     let mut pre = Preprocess::from_card(&model, &card);
     pre.image_size = a.image_size.unwrap_or(pre.image_size);
-    limits::batch_and_size(a.batch_size, pre.image_size, false)?;
+    crate::args::batch_and_size(a.batch_size, pre.image_size, false)?;
     let said = if card.image_size.is_some() { "from the model file" } else { "defaults" };
     eprintln!("{} images; {} px, normalization {:?} ({said}, --image-size overrides)", paths.len(), pre.image_size, pre.normalization);
     let out = predict_files(&model, &paths, &pre, a.top_k, a.batch_size)?;
@@ -78,7 +77,7 @@ pub struct EvaluateArgs {
     #[arg(long, default_value = "test")]
     split: String,
     /// Needed when the weights file does not name it.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<Arch>())]
     backbone: Option<Arch>,
     /// Default: the size stored in the model file (224 when it has none).
     #[arg(long, value_parser = IMAGE_SIZE)]
@@ -94,10 +93,10 @@ pub struct EvaluateArgs {
 
 /// `finetune evaluate`: a saved model on one split of a data folder.
 pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
-    limits::memory(a.batch_size, a.image_size.unwrap_or(224), false)?;
+    crate::args::fits(a.batch_size, a.image_size.unwrap_or(224), false)?;
     let (model, card) = load_model_with_card(&WeightsSource::parse(&a.weights), a.backbone, &a.device.device, a.data.cache.hub().as_deref())?;
     let image_size = a.image_size.unwrap_or(card.image_size_or_default());
-    limits::batch_and_size(a.batch_size, image_size, false).with_context(|| format!("the image size of {}", a.weights))?;
+    crate::args::batch_and_size(a.batch_size, image_size, false).with_context(|| format!("the image size of {}", a.weights))?;
     let dir = a.data.dir()?;
     let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
     eprintln!("{}", ds.summary());
@@ -141,7 +140,7 @@ pub struct ZeroShotArgs {
     data: DataArgs,
     #[arg(long, default_value = "test")]
     split: String,
-    #[arg(long, default_value = "efficientnet-lite0")]
+    #[arg(long, default_value = "efficientnet-lite0", value_parser = choice::<Arch>())]
     backbone: Arch,
     /// Pretrained ImageNet weights (default: the backbone's).
     #[arg(long)]
@@ -165,7 +164,7 @@ pub fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let arch = a.backbone;
     let device = &a.device.device;
-    limits::memory(a.batch_size, a.image_size, false)?;
+    crate::args::fits(a.batch_size, a.image_size, false)?;
     let model = load_model(&args::weights_source(arch, &a.weights), Some(arch), device, a.data.cache.hub().as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");

@@ -1,6 +1,6 @@
 //! `finetune serve`: its flags, checked, turned into the library's `ServeConfig`.
 
-use crate::args::{Checked, CacheArgs, DeviceArgs, COUNT};
+use crate::args::{choice, COUNT, CacheArgs, Checked, DeviceArgs};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use transfer_workbook::serve::{DecodeLimits, ServeConfig};
 use transfer_workbook::train::limits;
 
 /// Seconds: at least 1 (0 would close every connection at once).
-const COUNT_U64: Checked<u64> = Checked(|flag, v| transfer_workbook::train::limits::at_least_one(flag, v as usize));
+const COUNT_U64: Checked<u64> = Checked(|flag, v| crate::args::worded(flag, limits::at_least_one(usize::try_from(v).unwrap_or(usize::MAX))));
 
 /// `--batching`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -27,7 +27,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub weights: String,
     /// Needed when the weights file does not name its backbone.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<Arch>())]
     pub backbone: Option<Arch>,
     /// Where to listen. 0.0.0.0:8080 lets phones on the same network in (use --token).
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -121,7 +121,7 @@ impl ServeArgs {
         let source = WeightsSource::parse(&self.weights);
         let (model, card) = load_model_with_card(&source, self.backbone, device, self.cache.hub().as_deref())?;
         // The file's image size decides every request's allocation: check it like a flag.
-        limits::batch_and_size(self.max_batch, card.image_size_or_default(), false).with_context(|| format!("the image size stored in {}", self.weights))?;
+        crate::args::batch_and_size(self.max_batch, card.image_size_or_default(), false).with_context(|| format!("the image size stored in {}", self.weights))?;
         let config = self.config(!device.is_cpu());
         transfer_workbook::serve::run(model, &card, config)
     }

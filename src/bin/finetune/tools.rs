@@ -1,6 +1,6 @@
 //! Looking around: info, peek, bench, download.
 
-use crate::args::{self, CacheArgs, ComputeArgs, DataArgs, COUNT, IMAGE_SIZE};
+use crate::args::{self, choice, COUNT, CacheArgs, ComputeArgs, DataArgs, IMAGE_SIZE};
 use anyhow::{bail, Context};
 use candle_core::Device;
 use clap::Args;
@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use transfer_workbook::checkpoint::{load_model, WeightsSource};
 use transfer_workbook::data::{hotdog, ImageFolder};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};
+use transfer_workbook::bench::BenchConfig;
 use transfer_workbook::ops::Precision;
-use transfer_workbook::train::limits;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    #[arg(long, default_value = "resnet18")]
+    #[arg(long, default_value = "resnet18", value_parser = choice::<Arch>())]
     backbone: Arch,
     /// Pretrained weights to inspect (default: random weights, same shapes).
     #[arg(long)]
@@ -27,7 +27,7 @@ pub fn info(a: InfoArgs) -> anyhow::Result<()> {
     let arch = a.backbone;
     let model = match &a.weights {
         Some(w) => load_model(&WeightsSource::parse(w), Some(arch), &Device::Cpu, a.cache.hub().as_deref())?,
-        None => Classifier::scratch(&ModelOptions::new(arch, transfer_workbook::imagenet::class_names()), &Device::Cpu)?,
+        None => Classifier::scratch(&ModelOptions::new(arch, transfer_workbook::util::imagenet::class_names()), &Device::Cpu)?,
     };
     println!("backbone: {arch} (normalization {:?})", arch.normalization());
     println!("{}: {}", arch.head_prefix(), model.head_description());
@@ -68,7 +68,7 @@ pub fn peek(a: PeekArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct BenchArgs {
     /// Backbones, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "resnet18,efficientnet-lite0")]
+    #[arg(long, value_delimiter = ',', default_value = "resnet18,efficientnet-lite0", value_parser = choice::<Arch>())]
     backbone: Vec<Arch>,
     #[arg(long, default_value_t = 32, value_parser = COUNT)]
     batch_size: usize,
@@ -105,19 +105,20 @@ fn append_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow:
 
 /// Training steps and inference on random data, and optionally one epoch on photos.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
-    let device = a.compute.apply()?;
-    limits::memory(a.batch_size, a.image_size, true)?;
+    let (device, mut kernels) = a.compute.resolve()?;
+    kernels.candle_depthwise = a.candle_depthwise;
+    crate::args::fits(a.batch_size, a.image_size, true)?;
     if a.steps == 0 && a.data.is_none() {
         bail!("--steps 0 times no training step: give --steps N, or --data DIR to time only an epoch on photos");
     }
-    transfer_workbook::ops::depthwise::use_candle_grouped_conv(a.candle_depthwise);
     if a.compute.precision == Precision::Bf16 {
         println!("convolutions in bf16 (bf16 products, f32 sums)");
     }
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
     // `--steps 0`: only the epoch on real photos (with --data).
     for &arch in a.backbone.iter().filter(|_| a.steps > 0) {
-        let r = transfer_workbook::bench::bench_model(arch, &device, a.batch_size, a.image_size, a.freeze.clone(), a.warmup, a.steps)?;
+        let c = BenchConfig { batch_size: a.batch_size, image_size: a.image_size, freeze: a.freeze.clone(), kernels, warmup: a.warmup, steps: a.steps };
+        let r = transfer_workbook::bench::bench_model(arch, &device, &c)?;
         println!(
             "{:<20} {:>8} {:>6} {:>6} {:>12.1} {:>10.0} {:>12.1}",
             r.backbone, r.device, r.batch_size, r.image_size, r.train_img_per_sec, r.train_step_ms, r.eval_img_per_sec
@@ -126,11 +127,11 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &a.data {
         for &arch in &a.backbone {
-            let r = transfer_workbook::bench::bench_epoch(arch, &device, dir, a.batch_size, a.image_size)?;
+            let r = transfer_workbook::bench::bench_epoch(arch, &device, kernels, dir, a.batch_size, a.image_size)?;
             println!(
                 "{:<20} epoch on {}: decode {:.1} s, augment + train {:.1} s for {} photos ({:.1} img/s)",
                 r.backbone,
-                transfer_workbook::paths::shown(dir),
+                transfer_workbook::util::paths::shown(dir),
                 r.decode_seconds,
                 r.epoch_seconds,
                 r.images,

@@ -1,6 +1,6 @@
 //! The training commands (finetune, scratch, freeze, two-phase) and the learning-rate finder.
 
-use crate::args::{self, ComputeArgs, DataArgs, COUNT, IMAGE_SIZE, MOMENTUM, NON_NEGATIVE, RATE};
+use crate::args::{self, choice, COUNT, ComputeArgs, DataArgs, IMAGE_SIZE, MOMENTUM, NON_NEGATIVE, RATE};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ enum HeadStart {
 pub struct RunArgs {
     #[command(flatten)]
     data: DataArgs,
-    #[arg(long, default_value = "resnet18")]
+    #[arg(long, default_value = "resnet18", value_parser = choice::<Arch>())]
     backbone: Arch,
     /// Pretrained weights: a .safetensors or .pth file, or hf:owner/repo[/file] (default: the backbone's hub weights).
     #[arg(long)]
@@ -118,8 +118,8 @@ impl RunArgs {
     /// The experiment of `command` over `phases`: every setting checked, the data found.
     fn experiment(&self, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
         let arch = self.backbone;
-        let device = self.compute.apply()?;
-        limits::memory(self.batch_size, self.image_size, true)?;
+        let (device, kernels) = self.compute.resolve()?;
+        crate::args::fits(self.batch_size, self.image_size, true)?;
         Ok(Experiment {
             title: format!("{command}: {arch}, {}px{}", self.image_size, self.compute.note()),
             data: self.data.dir()?,
@@ -139,6 +139,7 @@ impl RunArgs {
             cache_dir: self.data.cache.hub(),
             head_init: HeadInit::Xavier,
             val_split: self.val_split,
+            kernels,
         })
     }
 
@@ -161,7 +162,7 @@ impl RunArgs {
 #[derive(Args, Clone)]
 struct ScheduleArgs {
     /// constant (d2l, Keras), cosine (decay to 0), or onecycle (PyTorch's OneCycleLR: lr/25 up to lr, then down to lr/25/1e4).
-    #[arg(long, value_enum, default_value_t = Schedule::Constant)]
+    #[arg(long, default_value = "constant", value_parser = choice::<Schedule>())]
     schedule: Schedule,
     /// Epochs at the start of each phase whose lr rises linearly to lr (onecycle: its rising part; default 30% of the steps).
     #[arg(long, default_value_t = 0)]
@@ -201,20 +202,20 @@ pub struct TrainArgs {
     #[arg(long, value_parser = NON_NEGATIVE)]
     weight_decay: Option<f64>,
     /// How the batch loss is reduced: sum (d2l) or mean.
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<Reduction>())]
     loss: Option<Reduction>,
     /// none, backbone, or a block name: freeze every block below it (e.g. layer3).
     #[arg(long)]
     freeze: Option<Freeze>,
     /// BatchNorm while training: batch statistics (train) or running statistics (frozen).
-    #[arg(long)]
+    #[arg(long, value_parser = choice::<BnMode>())]
     bn: Option<BnMode>,
     /// Stop after this many epochs without validation-loss improvement, keeping the best weights
     /// (needs --val-split or DIR/val/).
     #[arg(long, value_parser = COUNT)]
     patience: Option<usize>,
     /// Training augmentation: d2l (RandomResizedCrop + flip) or keras (resize + random crop + flip).
-    #[arg(long, value_enum, default_value_t = Augment::D2l)]
+    #[arg(long, default_value = "d2l", value_parser = choice::<Augment>())]
     augment: Augment,
     #[command(flatten)]
     schedule: ScheduleArgs,
@@ -305,7 +306,7 @@ pub struct TwoPhaseArgs {
 }
 
 pub fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
-    limits::at_least_one("--head-epochs + --fine-epochs", a.head_epochs.saturating_add(a.fine_epochs))?;
+    crate::args::worded("--head-epochs + --fine-epochs", limits::at_least_one(a.head_epochs.saturating_add(a.fine_epochs)))?;
     let arch = a.run.backbone;
     let mut phases = recipes::keras_two_phase(arch, a.head_epochs, a.fine_epochs, a.unfreeze_from.clone(), a.patience);
     phases[0].lr = a.head_lr;
@@ -348,7 +349,7 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     use transfer_workbook::train::{lr_find, LrFindConfig};
     let c = &a.run;
     let arch = c.backbone;
-    limits::memory(c.batch_size, c.image_size, true)?;
+    crate::args::fits(c.batch_size, c.image_size, true)?;
     if a.steps < 5 {
         bail!("--steps must be at least 5 (got {})", a.steps);
     }
@@ -360,12 +361,12 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     }
     let (phase, name) = (a.recipe.phase(arch, 1), a.recipe.name());
     let init = a.recipe.init(arch, &c.weights);
-    let device = c.compute.apply()?;
+    let (device, kernels) = c.compute.resolve()?;
     let dir = c.data.dir()?;
     let train_dir = dir.join("train");
     let train = ImageFolder::load_limited(&train_dir, &transfer_workbook::data::image_folder::class_folders(&train_dir)?, c.limit_per_class)?;
     eprintln!("{}", train.summary());
-    let opts = ModelOptions { seed: c.seed, ..ModelOptions::new(arch, train.classes.clone()) };
+    let opts = ModelOptions { seed: c.seed, kernels, ..ModelOptions::new(arch, train.classes.clone()) };
     let model = transfer_workbook::experiment::build_model(&opts, &init, &device, c.data.cache.hub().as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
     let norm = arch.normalization();
     let pipeline = if a.recipe == Recipe::KerasHead { Pipeline::keras_train(c.image_size, norm) } else { Pipeline::d2l_train(c.image_size, norm) };

@@ -1,43 +1,20 @@
-//! The matrix products of the CPU convolution kernels (`ops::im2col`, `ops::winograd`), and the
-//! process-wide choice of their arithmetic:
+//! The matrix products of the CPU convolution kernels (`ops::conv`'s im2col and Winograd), in
+//! the arithmetic each convolution's `Kernels` asks for:
 //! - `Precision::F32` (default): float32 through the `gemm` crate (Candle's own matmul backend);
 //! - `Precision::Bf16` (opt-in, CPUs with AVX512-BF16): both operands rounded to bfloat16 as
-//!   they are packed, products summed in float32 (`ops::bf16`). Tensors, weights, gradients and
+//!   they are packed, products summed in float32 (`bf16.rs`). Tensors, weights, gradients and
 //!   optimizer state stay float32 (the "master weights"): only the convolutions' multiplications
 //!   lose precision, as in PyTorch's CPU autocast to bfloat16.
 
-use super::bf16;
+mod bf16;
+mod mat;
+
+pub use mat::Mat;
+
 use candle_core::Result;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// A row-major or strided f32 matrix operand: `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub struct Mat<'a> {
-    pub(super) data: &'a [f32],
-    pub(super) rs: usize,
-    pub(super) cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// A row-major `[_, cols]` matrix.
-    pub fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: cols, cs: 1 }
-    }
-
-    /// The transpose of a row-major `[_, cols]` matrix.
-    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rs: 1, cs: cols }
-    }
-
-    fn check(&self, m: usize, n: usize) {
-        if m > 0 && n > 0 {
-            assert!((m - 1) * self.rs + (n - 1) * self.cs < self.data.len(), "gemm operand out of bounds");
-        }
-    }
-}
 
 /// The arithmetic of the CPU convolutions' matrix products (see the module comment).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float32 products and sums.
@@ -56,29 +33,25 @@ impl std::fmt::Display for Precision {
     }
 }
 
-static BF16: AtomicBool = AtomicBool::new(false);
+impl crate::util::Choice for Precision {
+    const CHOICES: &'static [crate::util::Named<Self>] = &[
+        crate::util::Named { value: Precision::F32, name: "f32", aliases: &[], help: "float32 products and sums" },
+        crate::util::Named { value: Precision::Bf16, name: "bf16", aliases: &[], help: "bfloat16 products, float32 sums (AVX512-BF16 CPUs only)" },
+    ];
+}
 
 /// Whether this CPU can run `Precision::Bf16` (x86-64 with AVX512-BF16).
 pub fn bf16_supported() -> bool {
     bf16::supported()
 }
 
-/// Choose the arithmetic of every CPU convolution from now on (process-wide, like
-/// `im2col::use_winograd`). `Bf16` is refused, with the reason, on a CPU without AVX512-BF16.
-pub fn set_precision(p: Precision) -> Result<()> {
-    if p == Precision::Bf16 && !bf16::supported() {
-        candle_core::bail!("precision bf16 needs a CPU with AVX512-BF16 (x86-64: Intel Cooper Lake / Sapphire Rapids or later, AMD Zen 4 or later); this one has none: use f32");
-    }
-    BF16.store(p == Precision::Bf16, Ordering::Relaxed);
-    Ok(())
-}
-
-/// The arithmetic the CPU convolutions use now.
-pub fn precision() -> Precision {
-    if BF16.load(Ordering::Relaxed) {
-        Precision::Bf16
-    } else {
-        Precision::F32
+impl Precision {
+    /// Whether this CPU can run it: `Bf16` is refused, with the reason, on a CPU without AVX512-BF16.
+    pub fn check(self) -> Result<()> {
+        if self == Precision::Bf16 && !bf16::supported() {
+            candle_core::bail!("precision bf16 needs a CPU with AVX512-BF16 (x86-64: Intel Cooper Lake / Sapphire Rapids or later, AMD Zen 4 or later); this one has none: use f32");
+        }
+        Ok(())
     }
 }
 
@@ -92,35 +65,32 @@ fn bf16_pays(m: usize, n: usize) -> bool {
     used(m, bf16::MR) * used(n, bf16::NR) >= 0.75
 }
 
-/// The arithmetic the CPU convolutions use for one `[m, n]` product now (see `bf16_pays`).
-fn precision_for(m: usize, n: usize) -> Precision {
-    match precision() {
+/// The arithmetic of one `[m, n]` product under `precision` (see `bf16_pays`).
+fn precision_for(precision: Precision, m: usize, n: usize) -> Precision {
+    match precision {
         Precision::Bf16 if bf16_pays(m, n) => Precision::Bf16,
         _ => Precision::F32,
     }
 }
 
-/// `dst [m, n] (row-major) = lhs [m, k] · rhs [k, n]`, or `+=` with `accumulate`, in the
-/// arithmetic chosen by `set_precision` (and `bf16_pays`); `parallel`: spread this one product
+/// `dst [m, n] (row-major) = lhs [m, k] · rhs [k, n]`, or `+=` with `accumulate`, in
+/// `precision` (f32 where bf16 does not pay: `bf16_pays`); `parallel`: spread this one product
 /// over the threads.
-pub(super) fn sgemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
-    gemm_with(precision_for(m, n), m, n, k, dst, accumulate, lhs, rhs, parallel)
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(precision: Precision, m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
+    gemm_with(precision_for(precision, m, n), m, n, k, dst, accumulate, lhs, rhs, parallel)
 }
 
 /// A left operand prepared once for several products `lhs · rhs_i` (`sgemm_prepared`): in bf16
 /// packed once (Winograd's kernel serves every block of ~128 tiles; packing it per block was
 /// ~5% of a bf16 ResNet-18 step), in f32 the matrix as it is.
-pub(super) enum Lhs<'a> {
+pub(crate) enum Lhs<'a> {
     Plain { lhs: Mat<'a>, m: usize, k: usize },
     Packed { lhs: Mat<'a>, packed: bf16::Packed },
 }
 
-/// `lhs [m, k]` prepared for `sgemm_prepared` in the arithmetic chosen now.
-pub(super) fn prepare<'a>(m: usize, k: usize, lhs: Mat<'a>) -> Lhs<'a> {
-    prepare_with(precision(), m, k, lhs)
-}
-
-fn prepare_with<'a>(precision: Precision, m: usize, k: usize, lhs: Mat<'a>) -> Lhs<'a> {
+/// `lhs [m, k]` prepared for `sgemm_prepared` in `precision`.
+pub(crate) fn prepare<'a>(precision: Precision, m: usize, k: usize, lhs: Mat<'a>) -> Lhs<'a> {
     lhs.check(m, k);
     if precision == Precision::Bf16 && bf16::supported() && m > 0 && k > 0 {
         Lhs::Packed { lhs, packed: bf16::Packed::new(m, k, lhs) }
@@ -131,7 +101,7 @@ fn prepare_with<'a>(precision: Precision, m: usize, k: usize, lhs: Mat<'a>) -> L
 
 /// `sgemm` with a prepared left operand: `dst [m, n] = lhs · rhs [k, n]` (or `+=`), the same
 /// arithmetic as `sgemm` in the precision `lhs` was prepared in (f32 where bf16 does not pay).
-pub(super) fn sgemm_prepared(n: usize, dst: &mut [f32], accumulate: bool, lhs: &Lhs, rhs: Mat, parallel: bool) {
+pub(crate) fn sgemm_prepared(n: usize, dst: &mut [f32], accumulate: bool, lhs: &Lhs, rhs: Mat, parallel: bool) {
     match lhs {
         Lhs::Plain { lhs, m, k } => gemm_with(Precision::F32, *m, n, *k, dst, accumulate, *lhs, rhs, parallel),
         Lhs::Packed { lhs, packed } => {
@@ -149,7 +119,7 @@ pub(super) fn sgemm_prepared(n: usize, dst: &mut [f32], accumulate: bool, lhs: &
 }
 
 /// `sgemm` in a given arithmetic (`Bf16` falls back to f32 where the CPU lacks it: only
-/// `set_precision` can refuse). Public for the tests and `examples/gemm_peak`.
+/// `Precision::check` refuses). Public for the tests and `examples/gemm_peak`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_with(precision: Precision, m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, parallel: bool) {
     assert!(dst.len() >= m * n);
@@ -212,7 +182,7 @@ mod tests {
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 31.0).collect();
             let init: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 - 3.0).collect();
             for &p in precisions {
-                let lhs = prepare_with(p, m, k, Mat::rows(&a, k));
+                let lhs = prepare(p, m, k, Mat::rows(&a, k));
                 if p == Precision::Bf16 {
                     assert_eq!(bf16_pays(m, n), m > 13);
                 }

@@ -3,7 +3,7 @@
 /// Class 934, the d2l chapter's "hotdog" row.
 pub const HOTDOG_CLASS: usize = 934;
 
-static CLASSES: &str = include_str!("../assets/imagenet_classes.txt");
+static CLASSES: &str = include_str!("../../assets/imagenet_classes.txt");
 
 /// The 1000 class names, `CLASSES[934] == "hotdog, hot dog, red hot"`.
 pub fn class_names() -> Vec<String> {

@@ -5,10 +5,9 @@
 //! (parallel over batch x channel planes); other devices use a formulation from shifted
 //! slices times per-channel weights, which autograd differentiates.
 
-use super::{cpu_f32, par_output};
+use crate::ops::{cpu_f32, par_output, Kernels};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Geometry of one depthwise convolution: stride and (possibly asymmetric) zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,21 +25,19 @@ impl DwParams {
     }
 }
 
-static USE_CANDLE_GROUPED: AtomicBool = AtomicBool::new(false);
-
-/// Route depthwise convolutions through Candle's own grouped conv (for benchmarks: "before").
-pub fn use_candle_grouped_conv(on: bool) {
-    USE_CANDLE_GROUPED.store(on, Ordering::Relaxed);
+/// `x [B, C, H, W]`, `w [C, 1, k, k]` -> `[B, C, Ho, Wo]`, on the default kernels.
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: DwParams) -> Result<Tensor> {
+    depthwise_conv2d_with(x, w, p, Kernels::default())
 }
 
-/// `x [B, C, H, W]`, `w [C, 1, k, k]` -> `[B, C, Ho, Wo]`.
-pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, p: DwParams) -> Result<Tensor> {
+/// [`depthwise_conv2d`] on the given kernels (`candle_depthwise`: Candle's own grouped conv).
+pub fn depthwise_conv2d_with(x: &Tensor, w: &Tensor, p: DwParams, kernels: Kernels) -> Result<Tensor> {
     let (_, c, _, _) = x.dims4()?;
     let (cw, one, kh, kw) = w.dims4()?;
     if cw != c || one != 1 || kh != kw {
         candle_core::bail!("depthwise conv: kernel {:?} does not fit {c} channels", w.dims());
     }
-    if USE_CANDLE_GROUPED.load(Ordering::Relaxed) {
+    if kernels.candle_depthwise {
         let x = x.pad_with_zeros(2, p.pad_top, p.pad_bottom)?.pad_with_zeros(3, p.pad_left, p.pad_right)?;
         return x.conv2d(w, 0, p.stride, 1, c);
     }

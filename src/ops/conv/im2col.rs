@@ -13,29 +13,21 @@
 //! Determinism: every output element is produced by one GEMM whose k-reduction runs in a fixed
 //! order whatever the thread count (gemm 0.19 parallelises over output blocks only; checked by
 //! `tests/ops_conv.rs`), and the per-image kernel gradients are summed in fixed groups of
-//! images (`DW_GROUPS`), the groups in order, so the result never depends on scheduling.
+//! images (`parallel::sum_in_parts`), the groups in order, so the result never depends on scheduling.
 
-use super::gemm::{sgemm, Mat};
-use super::{cpu_f32, par_zeros, winograd};
+use super::parallel::{for_each_item, gemm_par, per_item_parallel, sum_in_parts, GROUP_COLS};
+use super::winograd;
+use crate::ops::gemm::{sgemm, Mat, Precision};
+use crate::ops::{cpu_f32, par_zeros, Kernels};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Whether 3x3 stride-1 padding-1 convolutions (forward, input and kernel gradients) use Winograd's
-/// F(2x2, 3x3) (`ops::winograd`); on by default.
-static WINOGRAD: AtomicBool = AtomicBool::new(true);
-
-/// Turn the Winograd path for 3x3 stride-1 convolutions on or off (process-wide), e.g. to
-/// time both paths, or to reproduce numbers from builds before it (the two round differently).
-pub fn use_winograd(on: bool) {
-    WINOGRAD.store(on, Ordering::Relaxed);
-}
-
-/// Stride and symmetric zero padding of a convolution (no dilation, one group).
+/// Stride and symmetric zero padding of a convolution (no dilation, one group), and the kernels
+/// it runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvParams {
     pub stride: usize,
     pub padding: usize,
+    pub kernels: Kernels,
 }
 
 /// Sizes of one convolution.
@@ -52,6 +44,8 @@ struct Geom {
     wo: usize,
     stride: usize,
     pad: usize,
+    precision: Precision,
+    winograd: bool,
 }
 
 impl Geom {
@@ -66,7 +60,7 @@ impl Geom {
         }
         let ho = (h + 2 * p.padding - kh) / p.stride + 1;
         let wo = (wd + 2 * p.padding - kw) / p.stride + 1;
-        Ok(Self { b, c, h, w: wd, co, kh, kw, ho, wo, stride: p.stride, pad: p.padding })
+        Ok(Self { b, c, h, w: wd, co, kh, kw, ho, wo, stride: p.stride, pad: p.padding, precision: p.kernels.precision, winograd: p.kernels.winograd })
     }
 
     /// Rows of the column matrix (`C*kh*kw`).
@@ -88,18 +82,18 @@ impl Geom {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// Whether the forward, input-gradient and kernel-gradient kernels take the Winograd path (`ops::winograd`):
+    /// Whether the forward, input-gradient and kernel-gradient kernels take the Winograd path (`winograd.rs`):
     /// 3x3, stride 1, padding 1, at least 8x8. Measured (`examples/conv_layers`, batch 32,
     /// 2 threads): on ResNet-18's 56, 28 and 14 px layers 1.3-1.7x faster than im2col, on its
     /// 7 px layers slower (40-48 ms against 39-40: 2x2 tiles cover 8x8 there, and the GEMMs'
     /// depth is all 512 channels).
     fn winograd(&self) -> bool {
-        (self.kh, self.kw, self.stride, self.pad) == (3, 3, 1, 1) && self.h.min(self.w) >= 8 && WINOGRAD.load(Ordering::Relaxed)
+        (self.kh, self.kw, self.stride, self.pad) == (3, 3, 1, 1) && self.h.min(self.w) >= 8 && self.winograd
     }
 
     /// The Winograd kernel's sizes for a convolution from `c` to `co` channels at this size.
     fn winograd_shape(&self, c: usize, co: usize) -> winograd::Shape {
-        winograd::Shape { b: self.b, c, h: self.h, w: self.w, co }
+        winograd::Shape { b: self.b, c, h: self.h, w: self.w, co, precision: self.precision }
     }
 
     /// Outputs `o` of `out_len` whose input `o * stride + d - pad` lies in `0..in_len`.
@@ -191,29 +185,6 @@ impl Geom {
     }
 }
 
-/// How to spread work items (groups of images) over the threads: with at least two per
-/// thread, whole items per thread with single-threaded GEMMs; with fewer, items in turn and
-/// each GEMM on all threads. Measured with `examples/conv_layers` (ResNet-18 shapes, batch 32,
-/// 2 threads): per image, 160-195 GFLOP/s on the 3x3 layers and 0.66 + 0.66 + 0.71 s (fwd, dX,
-/// dW) per step; gemm's threading, 110-155 GFLOP/s and 0.88 + 0.80 + 1.09 s (slower on every
-/// layer, 2.7x on the stem's dW).
-pub(super) fn per_item_parallel(items: usize) -> bool {
-    let threads = rayon::current_num_threads();
-    threads > 1 && items >= 2 * threads
-}
-
-/// Whether a GEMM should spread over the threads itself (items are not run in parallel).
-pub(super) fn gemm_par(per_item: bool) -> bool {
-    !per_item && rayon::current_num_threads() > 1
-}
-
-/// Columns a GEMM should get at least: late layers have few output pixels (ResNet's 7x7 = 49),
-/// and one GEMM per image then packs the whole kernel (up to 9.4 MB) again for 49 columns and
-/// re-reads the kernel gradient as often. Images are put side by side in one GEMM until it has
-/// this many columns (at most a quarter of the batch per group, so there are still groups for
-/// every thread). The group size depends only on the shapes, never on the thread count.
-pub(super) const GROUP_COLS: usize = 384;
-
 impl Geom {
     /// Images per GEMM.
     fn group(&self) -> usize {
@@ -264,40 +235,6 @@ fn group_cols(g: &Geom, xg: &[f32], m: usize, cols: &mut [f32]) {
     }
 }
 
-thread_local! {
-    /// Column-matrix scratch of this thread, kept between calls: allocating it per call
-    /// (up to 7 MB for the ResNet stem) made the kernel zero fresh pages every time.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// `f` with this thread's scratch buffer of at least `len` floats (contents unspecified).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        // Re-entered on this thread (a rayon steal while waiting): a buffer of its own.
-        Err(_) => f(&mut vec![0f32; len]),
-    })
-}
-
-/// Run `f(index, item, scratch)` over `items`, in parallel when `parallel`, each call with
-/// a scratch buffer of `scratch_len` floats.
-pub(super) fn for_each_item<T: Send>(items: Vec<T>, parallel: bool, scratch_len: usize, f: impl Fn(usize, T, &mut [f32]) + Sync + Send) {
-    if parallel {
-        items.into_par_iter().enumerate().for_each(|(i, t)| with_scratch(scratch_len, |s| f(i, t, s)));
-    } else {
-        with_scratch(scratch_len, |s| {
-            for (i, t) in items.into_iter().enumerate() {
-                f(i, t, s);
-            }
-        });
-    }
-}
-
 /// Forward: arguments (x `[B, C, H, W]`, w `[Co, C, kh, kw]`), both contiguous f32.
 pub struct Conv {
     pub p: ConvParams,
@@ -329,13 +266,13 @@ impl CustomOp2 for Conv {
                     g.im2col(xg, s, n, 0);
                     s
                 };
-                sgemm(g.co, n, k, yg, false, Mat::rows(w, k), Mat::rows(cols, n), par);
+                sgemm(g.precision, g.co, n, k, yg, false, Mat::rows(w, k), Mat::rows(cols, n), par);
                 return;
             }
             let l = m * n;
             let (cols, out) = split_group(&g, m, s);
             group_cols(&g, xg, m, cols);
-            sgemm(g.co, l, k, out, false, Mat::rows(w, k), Mat::rows(cols, l), par);
+            sgemm(g.precision, g.co, l, k, out, false, Mat::rows(w, k), Mat::rows(cols, l), par);
             for (j, yb) in yg.chunks_mut(g.co * n).enumerate() {
                 take_block(out, yb, g.co, n, l, j * n);
             }
@@ -387,9 +324,9 @@ impl CustomOp2 for ConvGradInput {
             let m = gyg.len() / (g.co * n);
             if nb == 1 {
                 if g.pointwise() {
-                    sgemm(k, n, g.co, dxg, false, Mat::transposed(w, k), Mat::rows(gyg, n), par);
+                    sgemm(g.precision, k, n, g.co, dxg, false, Mat::transposed(w, k), Mat::rows(gyg, n), par);
                 } else {
-                    sgemm(k, n, g.co, s, false, Mat::transposed(w, k), Mat::rows(gyg, n), par);
+                    sgemm(g.precision, k, n, g.co, s, false, Mat::transposed(w, k), Mat::rows(gyg, n), par);
                     g.col2im(s, dxg, n, 0);
                 }
                 return;
@@ -399,7 +336,7 @@ impl CustomOp2 for ConvGradInput {
             for (j, gyb) in gyg.chunks(g.co * n).enumerate() {
                 put_block(gyb, dy, g.co, n, l, j * n);
             }
-            sgemm(k, l, g.co, cols, false, Mat::transposed(w, k), Mat::rows(dy, l), par);
+            sgemm(g.precision, k, l, g.co, cols, false, Mat::transposed(w, k), Mat::rows(dy, l), par);
             for (j, dxb) in dxg.chunks_mut(g.in_len()).enumerate() {
                 if g.pointwise() {
                     take_block(cols, dxb, g.c, n, l, j * n);
@@ -410,33 +347,6 @@ impl CustomOp2 for ConvGradInput {
         });
         Ok((CpuStorage::F32(dx), Shape::from(self.x_dims)))
     }
-}
-
-/// Image groups are summed into this many partial kernel gradients (fixed, whatever the thread
-/// count, so the sum order is too), then the partials in order.
-const DW_GROUPS: usize = 8;
-
-/// A kernel gradient summed deterministically (im2col's and Winograd's): `units` units of work
-/// (image groups) split into at most `DW_GROUPS` runs of consecutive units, whatever the thread
-/// count; `f(run, partial, scratch, parallel_gemm)` writes the sum of one run into its partial
-/// (`len` floats, zeroed); then the partials are added in order. Returns the sum.
-pub(super) fn sum_in_parts(units: usize, len: usize, scratch: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32], &mut [f32], bool) + Sync + Send) -> Vec<f32> {
-    let parts = units.clamp(1, DW_GROUPS);
-    let per_part = units.div_ceil(parts).max(1);
-    let parts = units.div_ceil(per_part).max(1);
-    let mut partial = vec![0f32; parts * len];
-    let per_item = per_item_parallel(parts);
-    let par = gemm_par(per_item);
-    let items: Vec<&mut [f32]> = partial.chunks_mut(len).collect();
-    for_each_item(items, per_item, scratch, |pi, part, s| f(pi * per_part..((pi + 1) * per_part).min(units), part, s, par));
-    let (first, rest) = partial.split_at_mut(len);
-    for part in rest.chunks(len) {
-        for (a, b) in first.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-    partial.truncate(len);
-    partial
 }
 
 /// d(loss)/d(w) = Σ_b dY_b · cols_b^T; arguments (x, dY).
@@ -480,7 +390,7 @@ impl CustomOp2 for ConvGradWeight {
                         g.im2col(xg, s, n, 0);
                         s
                     };
-                    sgemm(g.co, k, n, dw, j > 0, Mat::rows(gyg, n), Mat::transposed(cols, n), par);
+                    sgemm(g.precision, g.co, k, n, dw, j > 0, Mat::rows(gyg, n), Mat::transposed(cols, n), par);
                     continue;
                 }
                 let l = m * n;
@@ -489,7 +399,7 @@ impl CustomOp2 for ConvGradWeight {
                 for (i, gyb) in gyg.chunks(g.co * n).enumerate() {
                     put_block(gyb, dy, g.co, n, l, i * n);
                 }
-                sgemm(g.co, k, l, dw, j > 0, Mat::rows(dy, l), Mat::transposed(cols, l), par);
+                sgemm(g.precision, g.co, k, l, dw, j > 0, Mat::rows(dy, l), Mat::transposed(cols, l), par);
             }
         });
         Ok((CpuStorage::F32(dw), Shape::from(self.w_dims)))

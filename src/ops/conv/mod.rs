@@ -1,9 +1,14 @@
 //! Convolution with a fast backward pass.
 //!
-//! On the CPU in f32, `conv2d` is the im2col + GEMM op of `ops::im2col`, forward and
-//! backward (ResNet-18 training step at batch 32, 224 px, 2 threads: see that module and the
-//! commit log for the measurements). Elsewhere (CUDA, f64 and other dtypes) it is the generic
-//! path below:
+//! The convolution family, one file each:
+//! - `im2col.rs`: the CPU kernel in f32, im2col + GEMM, forward and backward;
+//! - `winograd.rs`: Winograd F(2x2, 3x3) for stride-1 3x3 layers, called by `im2col.rs`;
+//! - `parallel.rs`: how both spread work over the threads, deterministically;
+//! - `depthwise.rs`: depthwise convolution (EfficientNet), its own kernel and backward;
+//! - here: the [`Conv2d`] layer and [`conv2d`], which picks the CPU kernel or the generic path
+//!   below (CUDA, f64 and other dtypes), as the [`Kernels`] it is given say.
+//!
+//! The generic path:
 //!
 //! Candle computes a convolution's input gradient with `conv_transpose2d`, whose CPU kernel is
 //! a direct loop (3-4x slower than the forward im2col + GEMM here). This module runs Candle's
@@ -11,29 +16,43 @@
 //! of the (stride-dilated) output gradient with the flipped, transposed kernel, and no input
 //! gradient at all where the input needs none (the image, or the output of a frozen block).
 
-use super::im2col::{Conv, ConvParams};
+pub mod depthwise;
+pub mod im2col;
+mod parallel;
+mod winograd;
+
+use crate::ops::Kernels;
+use im2col::{Conv, ConvParams};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 
 /// A convolution layer (no bias, one group: ResNet and EfficientNet convs have no bias, and
-/// depthwise convolutions have their own op in `ops::depthwise`).
+/// depthwise convolutions have their own op in `depthwise.rs`).
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub weight: Tensor,
     pub stride: usize,
     pub padding: usize,
+    /// The kernels it runs on (the model's, from its builder).
+    pub kernels: Kernels,
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv2d(x, &self.weight, self.stride, self.padding)
+        conv2d_with(x, &self.weight, self.stride, self.padding, self.kernels)
     }
 }
 
-/// `conv2d(x, w)` (stride, symmetric zero padding, no dilation, one group) with the gradient rule above.
+/// `conv2d(x, w)` (stride, symmetric zero padding, no dilation, one group) with the gradient
+/// rule above, on the default kernels.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    conv2d_with(x, w, stride, padding, Kernels::default())
+}
+
+/// [`conv2d`] on the given kernels (their precision and Winograd apply to the CPU f32 path).
+pub fn conv2d_with(x: &Tensor, w: &Tensor, stride: usize, padding: usize, kernels: Kernels) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        let op = Conv { p: ConvParams { stride, padding } };
+        let op = Conv { p: ConvParams { stride, padding, kernels } };
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         return if x.track_op() || w.track_op() { x.apply_op2(&w, op) } else { x.apply_op2_no_bwd(&w, &op) };
     }

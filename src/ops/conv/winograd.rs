@@ -1,5 +1,5 @@
 //! 3x3, stride-1, padding-1 convolution by Winograd's minimal filtering F(2x2, 3x3), CPU f32,
-//! for `ops::im2col`'s forward, input-gradient and kernel-gradient kernels.
+//! for `im2col.rs`'s forward, input-gradient and kernel-gradient kernels.
 //!
 //! Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch around it as
 //! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`: 16 products per tile and channel pair where the direct
@@ -16,9 +16,9 @@
 //! Determinism: each output element comes from one GEMM (fixed k-order) and fixed transforms,
 //! and image groups depend on the shapes only, never on the thread count.
 
-use super::gemm::{prepare, sgemm, sgemm_prepared, Lhs, Mat};
-use super::im2col::{for_each_item, gemm_par, per_item_parallel, sum_in_parts};
-use super::par_zeros;
+use super::parallel::{for_each_item, gemm_par, per_item_parallel, sum_in_parts, GROUP_COLS};
+use crate::ops::gemm::{prepare, sgemm, sgemm_prepared, Lhs, Mat, Precision};
+use crate::ops::par_zeros;
 
 /// `f(o, i, ky, kx)`: the kernel value for output channel `o`, input channel `i`.
 pub(super) trait Kernel: Sync {
@@ -53,6 +53,8 @@ pub(super) struct Shape {
     pub h: usize,
     pub w: usize,
     pub co: usize,
+    /// The arithmetic of its GEMMs.
+    pub precision: Precision,
 }
 
 impl Shape {
@@ -72,7 +74,7 @@ impl Shape {
     /// Images per GEMM: enough tiles for the GEMM's columns (as `im2col`'s groups), at most a
     /// quarter of the batch so that every thread has groups.
     fn group(&self) -> usize {
-        super::im2col::GROUP_COLS.div_ceil(self.tiles().max(1)).clamp(1, (self.b / 4).max(1))
+        GROUP_COLS.div_ceil(self.tiles().max(1)).clamp(1, (self.b / 4).max(1))
     }
 }
 
@@ -191,14 +193,14 @@ fn transform_output(s: &Shape, m: &[f32], ld: usize, off: usize, ty: usize, y: &
 
 /// Columns (tiles) per block of the GEMMs: a block's transformed input and products
 /// (`16 * (C + Co) * cols` floats) should stay in the core's cache between the transforms and
-/// the GEMMs. Measured with `examples/conv_layers` (see `use_winograd`).
+/// the GEMMs. Measured with `examples/conv_layers` (see `Geom::winograd` in im2col.rs).
 const BLOCK_COLS: usize = 128;
 
 /// `y [B, Co, H, W]` = the 3x3, stride-1, padding-1 convolution of `x [B, C, H, W]` by `k`.
 pub(super) fn conv3x3(s: Shape, x: &[f32], k: &impl Kernel) -> Vec<f32> {
     let ut = transform_kernel(k, s.co, s.c);
     // U[ξ] is the left operand of every block's GEMMs: prepared once.
-    let u: Vec<Lhs> = ut.chunks_exact(s.co * s.c).map(|uq| prepare(s.co, s.c, Mat::rows(uq, s.c))).collect();
+    let u: Vec<Lhs> = ut.chunks_exact(s.co * s.c).map(|uq| prepare(s.precision, s.co, s.c, Mat::rows(uq, s.c))).collect();
     let (th, tw, nb) = (s.tiles_h(), s.tiles_w(), s.group());
     let (in_len, out_len) = (s.c * s.h * s.w, s.co * s.h * s.w);
     // A block: about BLOCK_COLS tiles, whole tile rows, of one image or (small images) several.
@@ -268,7 +270,7 @@ fn transform_grad(s: &Shape, gy: &[f32], ty: usize, dm: &mut [f32], ld: usize, o
 /// `dW [Co, C, 3, 3]` of the 3x3, stride-1, padding-1 convolution of `x [B, C, H, W]` whose
 /// output gradient is `gy [B, Co, H, W]`: `dU[ξ] = Σ_tiles dM[ξ] · V[ξ]ᵀ` (16 GEMMs over the
 /// tiles, the forward's `V`), then `dW = Gᵀ dU G` (the transpose of the kernel transform).
-/// Image groups are summed by `im2col::sum_in_parts`, as `im2col`'s kernel gradient: the
+/// Image groups are summed by `parallel::sum_in_parts`, as `im2col`'s kernel gradient: the
 /// result never depends on the thread count.
 pub(super) fn kernel_grad3x3(s: Shape, x: &[f32], gy: &[f32]) -> Vec<f32> {
     let (th, tw, nb) = (s.tiles_h(), s.tiles_w(), s.group());
@@ -289,7 +291,7 @@ pub(super) fn kernel_grad3x3(s: Shape, x: &[f32], gy: &[f32]) -> Vec<f32> {
             }
             for q in 0..16 {
                 let (dmq, vq) = (&dm[q * s.co * l..(q + 1) * s.co * l], &v[q * s.c * l..(q + 1) * s.c * l]);
-                sgemm(s.co, s.c, l, &mut du[q * s.co * s.c..(q + 1) * s.co * s.c], bi > 0, Mat::rows(dmq, l), Mat::transposed(vq, l), par);
+                sgemm(s.precision, s.co, s.c, l, &mut du[q * s.co * s.c..(q + 1) * s.co * s.c], bi > 0, Mat::rows(dmq, l), Mat::transposed(vq, l), par);
             }
         }
     });

@@ -15,7 +15,7 @@
 //! by several products (Winograd's transformed kernel) can be packed once (`Packed`,
 //! `gemm_packed`): the same arithmetic in the same order.
 
-use super::gemm::Mat;
+use super::Mat;
 use rayon::prelude::*;
 
 /// Rows of a micro-tile (broadcast `lhs` pairs).
@@ -267,7 +267,7 @@ impl Dst {
 
 /// A left operand packed once for several products (Winograd's transformed kernel serves
 /// every block of tiles): its panels for each k-block in order, as `gemm` packs them.
-pub(super) struct Packed {
+pub(crate) struct Packed {
     m: usize,
     k: usize,
     panels: Vec<u32>,

@@ -1,20 +1,14 @@
 //! `finetune`: every experiment of the fine-tuning chapter from the command line.
 //!
-//! This file only dispatches. Flags become typed values once, in finetune/args.rs (the groups
+//! This file only dispatches. Flags become typed values once, in args.rs (the groups
 //! several commands flatten in, and value parsers that refuse a bad number as clap reads it);
 //! each family of commands has its own file: train.rs, inference.rs, tools.rs, serve.rs.
 
-// The crate root is this file (Cargo.toml's [[bin]] path), so its modules are named by path.
-#[path = "finetune/args.rs"]
 mod args;
-#[path = "finetune/inference.rs"]
 mod inference;
 #[cfg(feature = "serve")]
-#[path = "finetune/serve.rs"]
 mod serve;
-#[path = "finetune/tools.rs"]
 mod tools;
-#[path = "finetune/train.rs"]
 mod train;
 
 use clap::{Parser, Subcommand};
