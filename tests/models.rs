@@ -135,7 +135,7 @@ fn conv_gradients_equal_candles_own() {
         let theirs = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1).unwrap();
         // On the CPU in f32 the forward is our im2col + GEMM (ops::conv::im2col), no longer Candle's
         // own conv2d, so it agrees to rounding (GEMM blocking differs) rather than bit for bit;
-        // tests/ops_conv.rs checks it against an f64 reference.
+        // tests/ops/conv.rs checks it against an f64 reference.
         let d = max_abs_diff(&ours, &theirs);
         assert!(d < 1e-4, "k{k} s{stride} p{pad} size {size}: forward differs by {d}");
         let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();

@@ -72,7 +72,7 @@ pub const ACTIVATION_CACHE_BYTES: usize = 1 << 30;
 /// frozen blocks under BatchNorm `Frozen`, whose output never changes while the phase trains),
 /// batch by batch in evaluation order, with the labels. A phase computes them once and each
 /// evaluation runs only the remaining steps and the head (`evaluate_activations`), with the
-/// same bits as `evaluate` (tests/train.rs checks it).
+/// same bits as `evaluate` (tests/training/train.rs checks it).
 pub struct Activations {
     steps: usize,
     batches: Vec<(Tensor, Tensor)>,

@@ -6,7 +6,7 @@ Run from the repository root (CPU is enough; about two minutes):
     .venv/bin/python tools/parity/gen_fixtures.py [resnet18] [resnet50]
 
 Nothing random is involved. The weights and the input come from a closed formula (an integer
-hash, `uniform` below; docs/parity.md states it) that tests/parity_resnet.rs re-implements bit for
+hash, `uniform` below; docs/parity.md states it) that tests/parity/resnet.rs re-implements bit for
 bit, so no weights are committed; the fixture stores fingerprints of them to prove the two sides
 agree. torchvision's results are stored twice:
 

@@ -13,7 +13,7 @@ deterministic, and with `image_size` set to each input's size so its static TF "
 
 Same approach and formula as tools/parity/gen_fixtures.py (ResNet; its helpers are imported from
 there): weights and inputs from a closed integer-hash formula the Rust test
-(tests/parity_lite0.rs) re-implements bit for bit; results stored in float64 (f64/...) and
+(tests/parity/lite0.rs) re-implements bit for bit; results stored in float64 (f64/...) and
 float32 (f32/...); large tensors as `:head` + `:sum0` + `:sum1`. Formula per tensor kind, for the
 Lite0 names (j = index among the sorted state_dict names without num_batches_tracked):
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate tests/fixtures/parity/transforms.safetensors: torchvision's d2l test preprocessing
 (Resize([256, 256]) + CenterCrop(224) + ToTensor + Normalize(ImageNet)) of three real JPEGs of
-the hot-dog data set, for tests/parity_transforms.rs.
+the hot-dog data set, for tests/parity/transforms.rs.
 
 Run from the repository root:
 

@@ -12,7 +12,7 @@
 //!
 //! Determinism: every output element is produced by one GEMM whose k-reduction runs in a fixed
 //! order whatever the thread count (gemm 0.19 parallelises over output blocks only; checked by
-//! `tests/ops_conv.rs`), and the per-image kernel gradients are summed in fixed groups of
+//! `tests/ops/conv.rs`), and the per-image kernel gradients are summed in fixed groups of
 //! images (`parallel::sum_in_parts`), the groups in order, so the result never depends on scheduling.
 
 use super::parallel::{for_each_item, gemm_par, per_item_parallel, sum_in_parts, GROUP_COLS};

@@ -8,7 +8,7 @@
 //! transformed once per call) and `V = Bᵀ d B` (the input, transformed per image group);
 //! the outputs come back by the transform `Aᵀ M A`. The transform matrices hold only 0, ±1
 //! and ±1/2, so the rounding stays within a few ulps of the im2col + GEMM form
-//! (`tests/ops_conv.rs` checks both against f64).
+//! (`tests/ops/conv.rs` checks both against f64).
 //!
 //! The input gradient of such a convolution is the same convolution of the output gradient
 //! with the kernel flipped and its channels swapped, so one kernel serves both.

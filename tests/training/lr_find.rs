@@ -1,8 +1,8 @@
 //! The lr finder on a generated data set: one loss per step, geometric lrs, a suggestion inside
 //! the swept range and below the divergence, the plot written, and the model left unchanged.
 
-mod support;
 
+use crate::support;
 use candle_core::Device;
 use std::sync::Arc;
 use transfer_workbook::experiment::load_data;

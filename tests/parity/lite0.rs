@@ -20,12 +20,10 @@
 //! - `f32`: the ordinary float32 model (`Classifier::pretrained`), which on the CPU runs the fused
 //!   kernels, at float32 tolerances.
 //!
-//! `cargo test --release --test parity_lite0 -- --nocapture` prints every difference.
+//! `cargo test --release --test parity lite0 -- --nocapture` prints every difference.
 
-#[path = "support/parity.rs"]
-mod parity;
 
-use parity::{adamw, forward_backward, sgd, Precision};
+use crate::parity::{adamw, forward_backward, sgd, Precision};
 use transfer_workbook::models::Arch;
 
 #[test]

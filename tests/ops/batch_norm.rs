@@ -7,8 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use transfer_workbook::ops::{batch_norm_eval, batch_norm_eval_act, batch_norm_train, batch_norm_train_act, relu, relu6, Activation};
 
-mod support;
-use support::uniform_values;
+use crate::support::uniform_values;
 
 const EPS: f64 = 1e-5;
 

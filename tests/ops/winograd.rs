@@ -5,8 +5,7 @@
 use candle_core::{Device, Tensor};
 use transfer_workbook::ops::Kernels;
 
-mod support;
-use support::{conv_outputs, max_difference, uniform_values as values};
+use crate::support::{conv_outputs, max_difference, uniform_values as values};
 
 #[test]
 fn winograd_and_im2col_agree_to_rounding() {

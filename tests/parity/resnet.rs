@@ -11,12 +11,10 @@
 //!   noise cannot flip a ReLU mask, so this is the exact comparison of the arithmetic.
 //! - `f32`: the ordinary float32 model (`Classifier::pretrained`) at float32 tolerances.
 //!
-//! `cargo test --release --test parity_resnet -- --nocapture` prints every difference.
+//! `cargo test --release --test parity resnet -- --nocapture` prints every difference.
 
-#[path = "support/parity.rs"]
-mod parity;
 
-use parity::{adamw, forward_backward, sgd, Precision};
+use crate::parity::{adamw, forward_backward, sgd, Precision};
 use transfer_workbook::models::Arch;
 
 #[test]

@@ -16,8 +16,8 @@
 //! The JPEGs live outside the repository (`../shared/data/hotdog-seefood`); without them the
 //! tests that need them fail under CI and print a note elsewhere (2 and 3 always run).
 
-mod support;
 
+use crate::support;
 use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

@@ -2,13 +2,13 @@
 //! window has a tie) and against a direct-loop reference that sends the gradient to the first
 //! maximum of each window, as PyTorch does (with ties).
 
+use crate::support;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use transfer_workbook::ops::max_pool2d;
 use transfer_workbook::ops::pool::max_pool2d_generic;
 
-mod support;
-use support::uniform_values;
+use crate::support::uniform_values;
 
 fn input(dims: (usize, usize, usize, usize), levels: Option<u32>, seed: u64) -> Tensor {
     let n = dims.0 * dims.1 * dims.2 * dims.3;

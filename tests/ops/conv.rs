@@ -4,11 +4,11 @@
 //! central finite differences of a direct-loop f64 convolution. Also the frozen-input case
 //! and bit-for-bit determinism across rayon thread counts.
 
+use crate::support;
 use candle_core::{DType, Device, Tensor, Var};
 use transfer_workbook::ops::conv2d;
 
-mod support;
-use support::uniform_values as values;
+use crate::support::uniform_values as values;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {

@@ -1,8 +1,8 @@
 //! Optimizer steps against hand-computed formulas, freezing, a short real training run, and
 //! exact resumption from a checkpoint.
 
-mod support;
 
+use crate::support;
 use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};

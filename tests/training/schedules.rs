@@ -1,8 +1,8 @@
 //! `--schedule` in a real training loop: the lr recorded per epoch is the mean of the per-step
 //! lrs computed by hand, a scheduled run resumes bit for bit, and the CLI flags reach history.json.
 
-mod support;
 
+use crate::support;
 use candle_core::Device;
 use std::sync::Arc;
 use transfer_workbook::data::ImageFolder;

@@ -11,8 +11,7 @@ use candle_core::{Device, Tensor};
 use transfer_workbook::ops::gemm::{gemm_with, Mat};
 use transfer_workbook::ops::{bf16_supported, Kernels, Precision};
 
-mod support;
-use support::{conv_outputs, max_difference, uniform_values as values};
+use crate::support::{conv_outputs, max_difference, uniform_values as values};
 
 fn bf16(x: f32) -> f64 {
     half::bf16::from_f32(x).to_f32() as f64
