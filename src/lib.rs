@@ -13,10 +13,10 @@
 //!   models and the training checkpoint;
 //! - [`train`]: optimizers with per-store learning rates, evaluation, the epoch loop, recipes;
 //! - [`plot`]: training curves and image grids;
-//! - [`experiment`] / [`fine_tune`]: the whole d2l experiment in one call; [`evaluation`]
-//!   (metrics.json, confusion matrix, top losses); [`predict`], [`zero_shot`], [`bench`] and
-//!   [`notebook`] on top;
-//! - [`serve`]: a saved model behind HTTP (`finetune serve`), on top of [`predict`].
+//! - [`tasks`]: the commands' library side, each a whole job in one call: [`fine_tune`] (the
+//!   d2l experiment), evaluation (metrics.json, confusion matrix, top losses), predict,
+//!   zero-shot, bench and the notebooks' helpers;
+//! - [`serve`]: a saved model behind HTTP (`finetune serve`), on top of [`tasks::predict`].
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -67,25 +67,20 @@ pub fn keep_freed_memory() {
     }
 }
 
-pub mod bench;
 pub mod checkpoint;
 pub mod data;
-pub mod evaluation;
-pub mod experiment;
 pub mod models;
-pub mod notebook;
 pub mod ops;
 pub mod plot;
-pub mod predict;
 #[cfg(feature = "serve")]
 pub mod serve;
+pub mod tasks;
 pub mod train;
 pub mod transforms;
 pub mod util;
-pub mod zero_shot;
 
 pub use util::device::{device_label, parse_device};
-pub use experiment::{fine_tune, Augment, Experiment, ExperimentResult, ModelInit};
+pub use tasks::experiment::{fine_tune, Augment, Experiment, ExperimentResult, ModelInit};
 
 // Re-exported so notebooks and users need only this crate as a dependency.
 pub use anyhow;

@@ -156,3 +156,22 @@ fn precision_bf16_trains_in_bf16_or_is_refused_by_name() {
         assert!(!bf16_run.status.success() && text(&bf16_run).contains("AVX512-BF16"), "{}", text(&bf16_run));
     }
 }
+
+/// lr-find sweeps over the photos training would train on: --val-split holds its share out
+/// (before, the flag was accepted and ignored), and is refused beside a DIR/val/ folder.
+#[test]
+fn lr_find_holds_out_the_validation_split() {
+    let data = tempfile::tempdir().unwrap();
+    support::write_color_dataset(data.path(), 8, 2);
+    let out = tempfile::tempdir().unwrap();
+    let (d, o) = (data.path().to_str().unwrap(), out.path().to_str().unwrap());
+    let args = ["lr-find", "--data", d, "--out", o, "--backbone", "resnet18", "--recipe", "scratch", "--image-size", "32", "--batch-size", "2", "--steps", "5", "--quiet"];
+    let r = finetune(&[&args[..], &["--val-split", "0.25"]].concat());
+    let t = text(&r);
+    assert!(r.status.success(), "{t}");
+    assert!(t.contains("validation: 4 photos held out of train (--val-split 0.25, seed 0), the sweep runs on the 12 left"), "{t}");
+    std::fs::create_dir_all(data.path().join("val")).unwrap();
+    let r = finetune(&[&args[..], &["--val-split", "0.25"]].concat());
+    let t = text(&r);
+    assert!(!r.status.success() && t.contains("--val-split 0.25 was given but") && t.contains("val exists"), "{t}");
+}

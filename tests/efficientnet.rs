@@ -48,9 +48,9 @@ fn lite0_zero_shot_recognises_hot_dogs_in_real_photos() {
     let data = photos.join("test");
     let ds = Arc::new(ImageFolder::load(&data).unwrap().take_per_class(25));
     let model = imagenet_model(&path);
-    let positive = transfer_workbook::zero_shot::positive_class(&ds.classes, None).unwrap();
+    let positive = transfer_workbook::tasks::zero_shot::positive_class(&ds.classes, None).unwrap();
     let pipeline = Pipeline::d2l_test(224, Arch::EfficientNetLite0.normalization());
-    let r = transfer_workbook::zero_shot::zero_shot(&model, &ds, &pipeline, positive, 25).unwrap();
+    let r = transfer_workbook::tasks::zero_shot::zero_shot(&model, &ds, &pipeline, positive, 25).unwrap();
     eprintln!("zero-shot on 50 photos: top-1 rule {:.3}, top-5 rule {:.3}", r.top1_acc, r.top5_acc);
     assert_eq!(r.images, 50);
     assert!(r.top1_acc >= 0.8, "a correct network, reader and preprocessing get ~0.89: {r:?}");

@@ -16,8 +16,9 @@ const ORDER: &[&str] = &[
     "util",
     // the layers
     "transforms", "data", "ops", "models", "checkpoint", "train", "plot",
-    // the commands' library side, on top
-    "evaluation", "zero_shot", "bench", "experiment", "predict", "notebook", "serve",
+    // the commands' library side (tasks/: evaluation, zero_shot, bench, experiment, predict,
+    // notebook), and serve on top of it
+    "tasks", "serve",
 ];
 
 /// Circles allowed inside a folder module: none (the convolution family's two went with its
@@ -138,10 +139,14 @@ fn root_reexports(lib: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in lib.lines().map(str::trim).filter(|l| l.starts_with("pub use ")) {
         let rest = line.trim_start_matches("pub use ").trim_end_matches(';');
-        if let Some((module, items)) = rest.split_once("::") {
-            for item in items.trim_matches(|c| c == '{' || c == '}').split(',') {
-                out.insert(item.trim().to_string(), module.to_string());
-            }
+        // `a::b::{c, d}` or `a::b::c`: the items after the last `::` come from the top module `a`.
+        let (path, items) = match rest.find("::{") {
+            Some(i) => (&rest[..i], &rest[i + 3..]),
+            None => rest.rsplit_once("::").unwrap_or(("", rest)),
+        };
+        let module = path.split("::").next().unwrap_or_default();
+        for item in items.trim_end_matches('}').split(',').map(str::trim).filter(|i| !i.is_empty() && !module.is_empty()) {
+            out.insert(item.to_string(), module.to_string());
         }
     }
     out
@@ -261,7 +266,9 @@ fn the_reader_finds_every_form_of_path() {
     assert_eq!(names("let n = super::super::paths::shown(p);", &vec!["train".into(), "fit".into(), "x".into()]), ["train::paths::shown"]);
     assert_eq!(names("pub use self::gemm::Precision;", &vec!["ops".into()]), ["ops::gemm::Precision"]);
     assert_eq!(names("x.into_supercrate::y; my_crate::z", &at), Vec::<String>::new());
-    assert_eq!(root_reexports("pub use experiment::{fine_tune, Experiment};\npub use anyhow;")["fine_tune"], "experiment");
+    let r = root_reexports("pub use tasks::experiment::{fine_tune, Experiment};\npub use util::device::device_label;\npub use anyhow;");
+    assert_eq!((r["fine_tune"].as_str(), r["Experiment"].as_str(), r["device_label"].as_str()), ("tasks", "tasks", "util"));
+    assert!(!r.contains_key("anyhow"));
 }
 
 /// A planted upward import and a planted circle are caught: the checks can fail.

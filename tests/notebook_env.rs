@@ -5,7 +5,7 @@
 
 use transfer_workbook::candle_core::{utils::cuda_is_available, DeviceLocation};
 use transfer_workbook::models::Arch;
-use transfer_workbook::notebook::{device, precision, Setting};
+use transfer_workbook::tasks::notebook::{device, kernels, Setting};
 use transfer_workbook::ops::Precision;
 use transfer_workbook::train::recipes;
 use transfer_workbook::{device_label, ModelInit};
@@ -56,11 +56,14 @@ fn workbook_device_and_precision_pick_or_refuse_by_name() {
     std::env::remove_var("WORKBOOK_DEVICE");
 
     std::env::remove_var("WORKBOOK_PRECISION");
-    assert_eq!(precision().unwrap(), Precision::F32);
+    assert_eq!(kernels().unwrap().precision, Precision::F32);
     std::env::set_var("WORKBOOK_PRECISION", "bf16");
-    assert_eq!(precision().unwrap(), Precision::Bf16);
+    match transfer_workbook::ops::bf16_supported() {
+        true => assert_eq!(kernels().unwrap().precision, Precision::Bf16),
+        false => assert!(format!("{:#}", kernels().unwrap_err()).contains("WORKBOOK_PRECISION")),
+    }
     std::env::set_var("WORKBOOK_PRECISION", "f64");
-    let msg = format!("{:#}", precision().unwrap_err());
+    let msg = format!("{:#}", kernels().unwrap_err());
     assert!(msg.contains("WORKBOOK_PRECISION=f64"), "{msg}");
     std::env::remove_var("WORKBOOK_PRECISION");
 }

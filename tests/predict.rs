@@ -8,8 +8,8 @@ use candle_core::Device;
 use image::RgbImage;
 use transfer_workbook::checkpoint::ModelCard;
 use transfer_workbook::models::{Arch, Classifier, ModelOptions};
-use transfer_workbook::predict::inputs::expand_inputs;
-use transfer_workbook::predict::{predict, predict_batch, Preprocess};
+use transfer_workbook::tasks::predict::inputs::expand_inputs;
+use transfer_workbook::tasks::predict::{predict, predict_batch, predict_files, Preprocess};
 use transfer_workbook::transforms::Normalization;
 
 fn text(o: &std::process::Output) -> String {
@@ -41,7 +41,7 @@ fn inputs_expand_folders_recursively_and_globs_and_name_what_is_missing() {
 }
 
 /// A link to a parent folder is not followed (it looped until the path was too long), a link
-/// to a photo is a photo, a link to nothing is skipped.
+/// to a photo is a photo, a link to nothing is listed and then skipped and counted.
 #[cfg(unix)]
 #[test]
 fn folders_do_not_follow_links_to_folders() {
@@ -54,7 +54,15 @@ fn folders_do_not_follow_links_to_folders() {
     symlink(a.join("sub/1.png"), a.join("2.png")).unwrap();
     symlink(d.path().join("gone.png"), a.join("3.png")).unwrap();
     let got = expand_inputs(&[a.to_str().unwrap().to_string()]).unwrap();
-    assert_eq!(got, vec![a.join("2.png"), a.join("sub/1.png")]);
+    assert_eq!(got, vec![a.join("2.png"), a.join("3.png"), a.join("sub/1.png")]);
+    // The link to nothing is listed, then skipped and counted by the reader, naming its target.
+    let model = Classifier::scratch(&ModelOptions::new(Arch::ResNet18, vec!["a".into(), "b".into()]), &Device::Cpu).unwrap();
+    let pre = Preprocess { image_size: 32, normalization: Arch::ResNet18.normalization() };
+    let out = predict_files(&model, &got, &pre, 1, 8).unwrap();
+    assert_eq!(out.records.len(), 2);
+    assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+    assert_eq!(out.skipped[0].0, a.join("3.png"));
+    assert!(out.skipped[0].1.contains("a link to nothing") && out.skipped[0].1.contains("gone.png"), "{}", out.skipped[0].1);
 }
 
 #[test]
@@ -81,7 +89,7 @@ fn batched_predictions_equal_one_at_a_time_and_follow_the_card() {
     assert_eq!(Preprocess::from_card(&model, &ModelCard::default()), Preprocess { image_size: 224, normalization: Normalization::imagenet() });
     // A different normalization gives different probabilities: it is really used.
     let unit = predict_batch(&model, &imgs[..1], &Preprocess { normalization: Normalization::Unit, ..pre }, 3).unwrap();
-    let p = |v: &[transfer_workbook::predict::Prediction]| { let mut v = v.to_vec(); v.sort_by_key(|p| p.index); v.iter().map(|p| p.probability).collect::<Vec<_>>() };
+    let p = |v: &[transfer_workbook::tasks::predict::Prediction]| { let mut v = v.to_vec(); v.sort_by_key(|p| p.index); v.iter().map(|p| p.probability).collect::<Vec<_>>() };
     assert_ne!(p(&unit[0]), p(&predict_batch(&model, &imgs[..1], &pre, 3).unwrap()[0]));
 }
 

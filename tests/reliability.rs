@@ -291,6 +291,75 @@ fn truncated_jpegs_are_detected_where_the_decoder_returns_grey() {
     assert!(check_jpeg_complete(&app1).is_err());
 }
 
+/// A JPEG cut short with an EOI marker appended passes the structural walk and `image`'s
+/// decoder (which makes up the missing rows from zero bits); the decode refuses it.
+#[test]
+fn a_jpeg_cut_short_with_its_end_marker_appended_is_refused() {
+    use transfer_workbook::data::decode::{check_jpeg_complete, decode_bytes, DecodeLimits};
+    let full = jpeg_bytes();
+    assert!(decode_bytes(&full, DecodeLimits::default()).is_ok());
+    for cut in [full.len() / 2, full.len() / 4, full.len() * 9 / 10] {
+        let mut spliced = full[..cut].to_vec();
+        spliced.extend_from_slice(&[0xFF, 0xD9]);
+        check_jpeg_complete(&spliced).unwrap();
+        // `image` alone decodes it, the rows it has no data for made up.
+        image::load_from_memory(&spliced).expect("the image crate now refuses it: the strict decode may go");
+        let e = decode_bytes(&spliced, DecodeLimits::default()).unwrap_err().to_string();
+        assert!(e.contains("truncated or corrupt JPEG") && e.contains("ends or breaks before its last row"), "{cut}: {e}");
+    }
+}
+
+/// Strict decoding changes what is refused, never a pixel: on every real photo of both shared
+/// sets (2,498 JPEGs) it gives exactly `image`'s own decode, and refuses the photo cut at 60%
+/// with an EOI appended.
+#[test]
+fn the_strict_jpeg_decode_equals_the_image_crates_on_every_real_photo() {
+    use rayon::prelude::*;
+    use transfer_workbook::data::decode::{decode_bytes, decode_jpeg, DecodeLimits};
+    let Some(hotdog) = support::hotdog_photos() else { return };
+    let Some(flowers) = support::flower_photos() else { return };
+    let mut files = Vec::new();
+    for root in [hotdog, flowers] {
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")) {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    assert!(files.len() >= 2498, "{} photos", files.len());
+    let differ: Vec<String> = files
+        .par_iter()
+        .filter_map(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            // The strict path itself (not the lenient fallback) decodes it.
+            let strict = decode_jpeg(&bytes);
+            let ours = decode_bytes(&bytes, DecodeLimits::default()).map_err(|e| e.to_string());
+            let theirs = image::load_from_memory(&bytes).map(|i| i.into_rgb8()).map_err(|e| e.to_string());
+            // Cut at 60% with EOI appended: refused.
+            let mut spliced = bytes[..bytes.len() * 3 / 5].to_vec();
+            spliced.extend([0xFF, 0xD9]);
+            let cut = decode_bytes(&spliced, DecodeLimits::default()).map(|_| ()).map_err(|e| e.to_string());
+            match (strict, ours, theirs, cut) {
+                (Ok(Some(s)), Ok(a), Ok(b), Err(e)) if s == b && a == b && e.starts_with("truncated") => None,
+                (s, a, b, c) => Some(format!(
+                    "{}: strict {:?}, ours {:?}, image's {:?}, cut {c:?}",
+                    p.display(),
+                    s.map(|o| o.map(|i| i.dimensions())),
+                    a.map(|i| i.dimensions()),
+                    b.map(|i| i.dimensions())
+                )),
+            }
+        })
+        .collect();
+    assert!(differ.is_empty(), "{} of {} photos differ:\n{}", differ.len(), files.len(), differ.join("\n"));
+}
+
 #[test]
 fn truncated_images_are_skipped_named_and_counted_and_the_limit_selects_before_decoding() {
     let data = tempfile::tempdir().unwrap();

@@ -146,7 +146,7 @@ fn every_route_answers_and_predictions_match_the_library() {
     let jpeg = sample_jpeg();
     let (reference_model, _) = load(&path);
     let img = image::load_from_memory(&jpeg).unwrap().to_rgb8();
-    let expected = transfer_workbook::predict::predict(&reference_model, &img, 32, 2).unwrap();
+    let expected = transfer_workbook::tasks::predict::predict(&reference_model, &img, 32, 2).unwrap();
     let p = post(&format!("{url}/predict"), Some("image/jpeg"), None, &jpeg);
     assert_eq!(p.status, 200, "{}", p.json);
     assert_eq!(p.json["class"], expected[0].class.as_str());
@@ -229,6 +229,13 @@ fn the_truncated_jpeg_check_is_structural() {
         let e = check_jpeg_complete(&jpeg[..cut]).unwrap_err();
         assert_eq!(e.status, 400, "cut at {cut}");
     }
+    // Cut at half with an end-of-image marker appended: whole to the walk, refused by the decode.
+    let mut spliced = jpeg[..jpeg.len() / 2].to_vec();
+    spliced.extend([0xFF, 0xD9]);
+    assert!(check_jpeg_complete(&spliced).is_ok());
+    let e = transfer_workbook::serve::decode::decode_upload(&spliced, Default::default()).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(e.message.contains("ends or breaks before its last row") && e.message.ends_with("was the upload cut off?"), "{}", e.message);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The SeeFood page in a real headless Chromium (Debian's `chromium` + `chromium-driver`,
 //! driven over the W3C WebDriver protocol with plain HTTP calls): upload a real photo, read the
 //! class the page shows, compare it with `POST /predict`, and save a screenshot to
-//! `runs/serve-page.png`. Without chromium/chromedriver on PATH the test says why and skips
-//! (`.ci/run` installs them). `TW_SERVE_WEIGHTS=path/model.safetensors` serves a real model
+//! `runs/serve-page.png`. Without chromium/chromedriver on PATH the test says why and skips,
+//! and fails under CI (`.ci/run` installs them). `TW_SERVE_WEIGHTS=path/model.safetensors` serves a real model
 //! instead of the tiny scratch one (for a meaningful screenshot).
 
 use candle_core::Device;
@@ -115,6 +115,8 @@ impl Drop for WebDriver {
 #[test]
 fn the_page_classifies_an_uploaded_photo_in_headless_chromium() {
     let (Some(driver), Some(browser)) = (on_path(&["chromedriver"]), on_path(&["chromium", "chromium-browser", "google-chrome"])) else {
+        // Under CI (`.ci/run` installs them) a skip would pass a test that never ran.
+        assert!(std::env::var_os("CI").is_none(), "chromium and chromedriver are missing under CI, which installs them (.ci/run): the test would have been skipped");
         eprintln!("skipped: chromium and chromedriver are not on PATH (apt-get install chromium chromium-driver; .ci/run does)");
         return;
     };

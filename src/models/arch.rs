@@ -34,19 +34,18 @@ impl Choice for Arch {
 impl Arch {
     pub const ALL: [Arch; 4] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50, Arch::EfficientNetLite0];
 
+    /// Its canonical name ([`Choice::CHOICES`]).
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::ResNet18 => "resnet18",
-            Arch::ResNet34 => "resnet34",
-            Arch::ResNet50 => "resnet50",
-            Arch::EfficientNetLite0 => "efficientnet-lite0",
-        }
+        Choice::name(self)
     }
 
+    /// The backbone named `name`: a name or alias of [`Choice::CHOICES`], letter case, `-`
+    /// and `_` ignored (`ResNet_18`, `efficientnetlite0`).
     pub fn from_name(name: &str) -> anyhow::Result<Self> {
-        let key = name.to_ascii_lowercase().replace(['-', '_'], "");
-        Self::ALL.into_iter().find(|a| a.name().replace('-', "") == key).ok_or_else(|| {
-            let known: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
+        let key = |s: &str| s.trim().to_ascii_lowercase().replace(['-', '_'], "");
+        let k = key(name);
+        Self::CHOICES.iter().find(|c| key(c.name) == k || c.aliases.iter().any(|a| key(a) == k)).map(|c| c.value).ok_or_else(|| {
+            let known: Vec<_> = Self::CHOICES.iter().map(|c| c.name).collect();
             anyhow::anyhow!("unknown backbone '{name}' (known: {})", known.join(", "))
         })
     }

@@ -57,21 +57,9 @@ fn head_init_bias(fan_in: usize) -> Init {
 }
 
 impl Classifier {
-    /// Build from stores that already exist (or are filled lazily by the build), on the default
-    /// kernels ([`Classifier::with_kernels`] changes them).
+    /// Build from stores that already exist (or are filled lazily by the build), running its
+    /// convolutions on `kernels` (refused when this CPU cannot run them).
     pub fn from_stores(
-        arch: Arch,
-        class_names: Vec<String>,
-        backbone_store: ParamStore,
-        head_store: ParamStore,
-        freeze: Freeze,
-        bn_mode: BnMode,
-    ) -> anyhow::Result<Self> {
-        Self::assemble(arch, class_names, backbone_store, head_store, freeze, bn_mode, Kernels::default())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn assemble(
         arch: Arch,
         class_names: Vec<String>,
         backbone_store: ParamStore,
@@ -112,7 +100,7 @@ impl Classifier {
     pub fn scratch(opts: &ModelOptions, device: &Device) -> anyhow::Result<Self> {
         let backbone = ParamStore::random(opts.seed.wrapping_add(1), DType::F32, device);
         let head = ParamStore::random(opts.seed, DType::F32, device);
-        let model = Self::assemble(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode, opts.kernels)?;
+        let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode, opts.kernels)?;
         model.seed_dropout(opts.seed, 0);
         Ok(model)
     }
@@ -124,7 +112,7 @@ impl Classifier {
             HeadInit::Xavier | HeadInit::ImageNetRow { .. } => ParamStore::random(opts.seed, DType::F32, device),
             HeadInit::ImageNet => ParamStore::pretrained(p.clone(), DType::F32, device),
         };
-        let model = Self::assemble(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode, opts.kernels)?;
+        let model = Self::from_stores(opts.arch, opts.class_names.clone(), backbone, head, opts.freeze.clone(), opts.bn_mode, opts.kernels)?;
         model.seed_dropout(opts.seed, 0);
         if let HeadInit::ImageNetRow { imagenet_class, target } = opts.head_init {
             model.copy_head_row(p, imagenet_class, target)?;
@@ -172,7 +160,7 @@ impl Classifier {
     }
 
     fn rebuild_with(&self, freeze: Freeze, bn_mode: BnMode, kernels: Kernels) -> anyhow::Result<Self> {
-        let mut m = Self::assemble(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode, kernels)?;
+        let mut m = Self::from_stores(self.arch, self.class_names.clone(), self.backbone_store.clone(), self.head_store.clone(), freeze, bn_mode, kernels)?;
         m.dropout_rng = self.dropout_rng.clone();
         Ok(m.with_dropout(self.dropout))
     }

@@ -6,7 +6,7 @@
 
 use super::infer::forward_batch;
 use crate::models::Classifier;
-use crate::predict::Prediction;
+use crate::tasks::predict::Prediction;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;

@@ -16,7 +16,7 @@ pub fn decode_upload(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage, Api
     }
     decode_bytes(bytes, limits).map_err(|e| match e {
         DecodeError::TooLarge(m) => ApiError::payload_too_large(m),
-        DecodeError::Invalid(m) if m.starts_with("truncated JPEG") => ApiError::bad_request(format!("{m}: was the upload cut off?")),
+        DecodeError::Invalid(m) if m.starts_with("truncated") => ApiError::bad_request(format!("{m}: was the upload cut off?")),
         DecodeError::Invalid(m) => ApiError::bad_request(m),
     })
 }

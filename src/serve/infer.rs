@@ -2,7 +2,7 @@
 //! (its card's image size and normalization), then one forward pass for the whole batch.
 
 use crate::models::Classifier;
-use crate::predict::Prediction;
+use crate::tasks::predict::Prediction;
 use crate::transforms::{Normalization, Pipeline};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -30,7 +30,7 @@ pub fn forward_batch(model: &Classifier, inputs: &[Vec<f32>], size: u32, top_k: 
     Ok(probs.iter().map(|p| rank(model, p, top_k)).collect())
 }
 
-/// [`preprocess`] then [`forward_batch`]: the batched counterpart of [`crate::predict::predict`].
+/// [`preprocess`] then [`forward_batch`]: the batched counterpart of [`crate::tasks::predict::predict`].
 pub fn predict_images(model: &Classifier, images: &[RgbImage], size: u32, normalization: Normalization, top_k: usize) -> anyhow::Result<Vec<Vec<Prediction>>> {
     let inputs = images.iter().map(|img| preprocess(img, size, normalization)).collect::<anyhow::Result<Vec<_>>>()?;
     forward_batch(model, &inputs, size, top_k)

@@ -5,7 +5,7 @@ use super::batcher::{Batcher, SubmitError};
 use super::decode::{decode_upload, DecodeLimits};
 use super::error::ApiError;
 use super::infer::preprocess;
-use crate::predict::Prediction;
+use crate::tasks::predict::Prediction;
 use crate::transforms::Normalization;
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;

@@ -142,6 +142,12 @@ pub fn lite0_weights() -> Option<std::path::PathBuf> {
     available(&format!("the EfficientNet-Lite0 weights {}", p.display()), p.is_file(), "bash tools/fetch-weights.sh").then_some(p)
 }
 
+/// The real flower photos beside the project (`../shared/data/flower-photos`), when there.
+pub fn flower_photos() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/flower-photos");
+    available(&format!("the flower photos {}", p.display()), p.join("daisy").is_dir(), "the shared data folder beside the project").then_some(p)
+}
+
 /// The real hot-dog photos beside the project (`../shared/data/hotdog-seefood`), when there.
 pub fn hotdog_photos() -> Option<std::path::PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/hotdog-seefood");

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use transfer_workbook::checkpoint::read_safetensors_metadata;
+use transfer_workbook::ops::Kernels;
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, HeadInit, ModelOptions, NamedTensors, ParamStore};
 use transfer_workbook::train::metrics::cross_entropy;
 use transfer_workbook::train::{Optimizer, OptimizerKind, ParamGroup, Reduction};
@@ -199,7 +200,7 @@ impl Fixture {
             Precision::F64 => {
                 let backbone = ParamStore::pretrained(self.weights.clone(), DType::F64, &Device::Cpu);
                 let head = ParamStore::pretrained(self.weights.clone(), DType::F64, &Device::Cpu);
-                Classifier::from_stores(self.arch, class_names, backbone, head, Freeze::Nothing, BnMode::Train).unwrap()
+                Classifier::from_stores(self.arch, class_names, backbone, head, Freeze::Nothing, BnMode::Train, Kernels::default()).unwrap()
             }
         };
         if self.arch == Arch::EfficientNetLite0 {

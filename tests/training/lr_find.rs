@@ -5,7 +5,7 @@
 use crate::support;
 use candle_core::Device;
 use std::sync::Arc;
-use transfer_workbook::experiment::load_data;
+use transfer_workbook::tasks::experiment::load_data;
 use transfer_workbook::models::{Arch, Classifier, ModelOptions};
 use transfer_workbook::train::{lr_find, LrFindConfig, OptimizerKind, Reduction};
 use transfer_workbook::transforms::{Normalization, Pipeline};

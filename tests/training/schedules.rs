@@ -6,7 +6,7 @@ use crate::support;
 use candle_core::Device;
 use std::sync::Arc;
 use transfer_workbook::data::ImageFolder;
-use transfer_workbook::experiment::load_data;
+use transfer_workbook::tasks::experiment::load_data;
 use transfer_workbook::models::{Arch, Classifier, ModelOptions};
 use transfer_workbook::train::{recipes, train, OptimizerKind, PhaseConfig, Schedule, TrainConfig};
 

@@ -6,7 +6,7 @@ use crate::support;
 use candle_core::{Device, Tensor, Var};
 use std::sync::Arc;
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};
-use transfer_workbook::experiment::load_data;
+use transfer_workbook::tasks::experiment::load_data;
 use transfer_workbook::train::{recipes, train, train_validated, OptimizerKind, ParamGroup, PhaseConfig, Reduction, TrainConfig};
 
 fn var(v: &[f32]) -> Var {

@@ -9,7 +9,7 @@ use transfer_workbook::checkpoint::{default_weights, load_model, load_model_with
 use transfer_workbook::data::ImageFolder;
 use transfer_workbook::device_label;
 use transfer_workbook::models::Arch;
-use transfer_workbook::predict::report::Format;
+use transfer_workbook::tasks::predict::report::Format;
 use transfer_workbook::transforms::{Normalization, Pipeline};
 
 #[derive(Args)]
@@ -43,7 +43,7 @@ pub struct PredictArgs {
 /// A model for inference: a run's model.safetensors (backbone, classes, image size and
 /// normalization in its metadata), or pretrained weights with their ImageNet head.
 pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    use transfer_workbook::predict::{inputs::expand_inputs, predict_files, report::write_records, Preprocess};
+    use transfer_workbook::tasks::predict::{inputs::expand_inputs, predict_files, report::write_records, Preprocess};
     // The card's size (known only once the model is read) is checked below, --image-size here.
     crate::args::fits(a.batch_size, a.image_size.unwrap_or(224), false)?;
     let source = match (&a.weights, a.backbone) {
@@ -101,9 +101,9 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
     eprintln!("{}", ds.summary());
     let pipeline = Pipeline::d2l_test(image_size, card.normalization_for(model.arch));
-    let ev = transfer_workbook::evaluation::evaluate_split_with(&model, &ds, &a.split, &pipeline, a.batch_size)?;
+    let ev = transfer_workbook::tasks::evaluation::evaluate_split_with(&model, &ds, &a.split, &pipeline, a.batch_size)?;
     let title = format!("{}: {} on {}", a.weights, model.arch, a.split);
-    transfer_workbook::evaluation::write_report(&ev, &ds, &title, &a.out)?;
+    transfer_workbook::tasks::evaluation::write_report(&ev, &ds, &title, &a.out)?;
     eprintln!("wrote {}/{{metrics.json, confusion.png, top-losses.png}}", a.out.display());
     println!("{}", ev.metrics.table());
     Ok(())
@@ -172,10 +172,10 @@ pub fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let dir = a.data.dir()?;
     let ds = Arc::new(ImageFolder::load(dir.join(&a.split))?);
     eprintln!("{}", ds.summary());
-    let positive = transfer_workbook::zero_shot::positive_class(&ds.classes, a.positive_class.as_deref())?;
+    let positive = transfer_workbook::tasks::zero_shot::positive_class(&ds.classes, a.positive_class.as_deref())?;
     let norm = a.normalization.map(Normalization::from).unwrap_or(arch.normalization());
     let pipeline = Pipeline::d2l_test(a.image_size, norm);
-    let r = transfer_workbook::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
+    let r = transfer_workbook::tasks::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
     eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive], model.class_names[934]);
     println!("top-5 test acc {:.3}", r.top5_acc);
     println!("test acc {:.3}", r.top1_acc);

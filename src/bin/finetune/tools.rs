@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use transfer_workbook::checkpoint::{load_model, WeightsSource};
 use transfer_workbook::data::{hotdog, ImageFolder};
 use transfer_workbook::models::{Arch, BnMode, Classifier, Freeze, ModelOptions};
-use transfer_workbook::bench::BenchConfig;
+use transfer_workbook::tasks::bench::BenchConfig;
 use transfer_workbook::ops::Precision;
 
 #[derive(Args)]
@@ -118,7 +118,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     // `--steps 0`: only the epoch on real photos (with --data).
     for &arch in a.backbone.iter().filter(|_| a.steps > 0) {
         let c = BenchConfig { batch_size: a.batch_size, image_size: a.image_size, freeze: a.freeze.clone(), kernels, warmup: a.warmup, steps: a.steps };
-        let r = transfer_workbook::bench::bench_model(arch, &device, &c)?;
+        let r = transfer_workbook::tasks::bench::bench_model(arch, &device, &c)?;
         println!(
             "{:<20} {:>8} {:>6} {:>6} {:>12.1} {:>10.0} {:>12.1}",
             r.backbone, r.device, r.batch_size, r.image_size, r.train_img_per_sec, r.train_step_ms, r.eval_img_per_sec
@@ -127,7 +127,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &a.data {
         for &arch in &a.backbone {
-            let r = transfer_workbook::bench::bench_epoch(arch, &device, kernels, dir, a.batch_size, a.image_size)?;
+            let r = transfer_workbook::tasks::bench::bench_epoch(arch, &device, kernels, dir, a.batch_size, a.image_size)?;
             println!(
                 "{:<20} epoch on {}: decode {:.1} s, augment + train {:.1} s for {} photos ({:.1} img/s)",
                 r.backbone,

@@ -152,7 +152,7 @@ impl RunArgs {
         }
         println!("{}", result.test.metrics.table());
         println!("{}", result.history.summary_lines(&label));
-        println!("{}", transfer_workbook::evaluation::kept_model_line(&result.history, &result.test.metrics));
+        println!("{}", transfer_workbook::tasks::evaluation::kept_model_line(&result.history, &result.test.metrics));
         Ok(())
     }
 }
@@ -364,10 +364,20 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let (device, kernels) = c.compute.resolve()?;
     let dir = c.data.dir()?;
     let train_dir = dir.join("train");
+    transfer_workbook::tasks::experiment::check_validation_source(&dir, c.val_split)?;
     let train = ImageFolder::load_limited(&train_dir, &transfer_workbook::data::image_folder::class_folders(&train_dir)?, c.limit_per_class)?;
     eprintln!("{}", train.summary());
+    // The sweep runs on the photos training would train on: without the ones --val-split holds out.
+    let train = match c.val_split {
+        Some(f) => {
+            let (t, v) = transfer_workbook::data::carve_validation(&train, f, c.seed)?;
+            eprintln!("validation: {} photos held out of train (--val-split {}, seed {}), the sweep runs on the {} left", v.len(), transfer_workbook::util::paths::number(f), c.seed, t.len());
+            t
+        }
+        None => train,
+    };
     let opts = ModelOptions { seed: c.seed, kernels, ..ModelOptions::new(arch, train.classes.clone()) };
-    let model = transfer_workbook::experiment::build_model(&opts, &init, &device, c.data.cache.hub().as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
+    let model = transfer_workbook::tasks::experiment::build_model(&opts, &init, &device, c.data.cache.hub().as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
     let norm = arch.normalization();
     let pipeline = if a.recipe == Recipe::KerasHead { Pipeline::keras_train(c.image_size, norm) } else { Pipeline::d2l_train(c.image_size, norm) };
     let cfg = LrFindConfig {

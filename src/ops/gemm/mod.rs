@@ -26,10 +26,7 @@ pub enum Precision {
 
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        })
+        f.write_str(crate::util::Choice::name(*self))
     }
 }
 

@@ -65,7 +65,7 @@ pub fn write_records(w: &mut dyn Write, records: &[FileRecord], format: Format) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::predict::Prediction;
+    use crate::tasks::predict::Prediction;
 
     #[test]
     fn csv_quotes_and_json_round_trips() {

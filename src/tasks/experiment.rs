@@ -4,7 +4,7 @@
 use crate::checkpoint::{card::now_rfc3339, load_pretrained, save_model_with_card, ModelCard, RunFiles, WeightsSource};
 use crate::data::image_folder::load_train_test_limited;
 use crate::data::ImageFolder;
-use crate::evaluation::{evaluate_split_with, write_report, Evaluation};
+use crate::tasks::evaluation::{evaluate_split_with, write_report, Evaluation};
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
 use crate::ops::Kernels;
 use crate::train::{train_validated, History, PhaseConfig, TrainConfig};

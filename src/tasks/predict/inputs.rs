@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// The image files under `dir`, recursively, sorted (hidden files and folders skipped).
 /// Symbolic links to files are kept; links to folders are not followed (a link to a parent
-/// folder looped forever) and links to nothing are skipped, each with a note on stderr.
+/// folder looped forever), each with a note on stderr; links to nothing are listed, for the
+/// reader to report as unreadable.
 pub fn images_in_folder(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -34,7 +35,8 @@ pub fn images_in_folder(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     out.push(p);
                 }
             } else if link && has_image_extension(&p) {
-                eprintln!("note: skipping {}: a link to nothing (its target is gone)", p.display());
+                // A link to nothing stays in the list, so predict reports it with the skipped.
+                out.push(p);
             }
         }
     }

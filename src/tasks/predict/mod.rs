@@ -78,6 +78,9 @@ pub fn predict(model: &Classifier, img: &RgbImage, image_size: u32, top_k: usize
 
 /// Open an image file for [`predict`], naming the file on failure.
 pub fn open_image(path: &Path) -> anyhow::Result<RgbImage> {
+    if let (Ok(target), false) = (std::fs::read_link(path), path.exists()) {
+        anyhow::bail!("cannot read image {}: a link to nothing (its target {} is gone)", path.display(), target.display());
+    }
     crate::data::decode_image(path).with_context(|| format!("cannot read image {}", path.display()))
 }
 

@@ -123,18 +123,14 @@ pub fn start(default: Setting) -> anyhow::Result<Setting> {
 /// (`f32`, the default, or `bf16`: see [`crate::ops::Precision`]), refused on a CPU that cannot
 /// run it.
 pub fn kernels() -> anyhow::Result<crate::ops::Kernels> {
-    let k = crate::ops::Kernels::with_precision(precision()?);
+    use crate::util::Choice;
+    let precision = match std::env::var("WORKBOOK_PRECISION") {
+        Ok(p) => crate::ops::Precision::from_name(&p).map_err(|e| anyhow!("WORKBOOK_PRECISION={p}: expected {}", e.expected))?,
+        Err(_) => crate::ops::Precision::F32,
+    };
+    let k = crate::ops::Kernels::with_precision(precision);
     k.check().context("WORKBOOK_PRECISION")?;
     Ok(k)
-}
-
-/// `WORKBOOK_PRECISION` (`f32` or `bf16`), else f32.
-pub fn precision() -> anyhow::Result<crate::ops::Precision> {
-    use crate::util::Choice;
-    match std::env::var("WORKBOOK_PRECISION") {
-        Ok(p) => crate::ops::Precision::from_name(&p).map_err(|e| anyhow::anyhow!("WORKBOOK_PRECISION={p}: expected {}", e.expected)),
-        Err(_) => Ok(crate::ops::Precision::F32),
-    }
 }
 
 /// `path` as the notebooks print it: relative to the working folder (the project, after [`start`]).
