@@ -3,7 +3,11 @@
 # default; pass DEVICE=cuda for a CUDA build; PRECISION=bf16 for bfloat16 convolutions on an
 # AVX512-BF16 CPU, into runs/<name>-bf16; zero-shot stays f32). Writes runs/<name>/{history.json, curves.*,
 # model.safetensors, log.txt}.
-# Usage: tools/experiments.sh [zero-shot finetune finetune-hotdog-head scratch freeze two-phase]
+# `flowers`: the Keras lesson's exercise, the two-phase recipe on TensorFlow's flower photos
+# (5 classes, cut 80/10/10 by --split) with EfficientNet-Lite0, Lite1 and Lite2 at their own
+# image sizes, into runs/flowers-lite{0,1,2} (FLOWERS=DIR: the photos; default the shared copy,
+# else `finetune download --dataset flowers`).
+# Usage: tools/experiments.sh [zero-shot finetune finetune-hotdog-head scratch freeze two-phase flowers]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/hotdog-seefood}
@@ -26,7 +30,18 @@ if [ -z "${BIN:-}" ]; then
   BIN=${CARGO_TARGET_DIR:-target}/release/finetune
 fi
 W=.cache/weights/efficientnet-lite0-57934424.pth
-[ -f "$W" ] || bash tools/fetch-weights.sh
+[ -f "$W" ] || bash tools/fetch-weights.sh lite0
+flowers() {
+  local dir=${FLOWERS:-../shared/data/flower-photos}
+  [ -d "$dir/daisy" ] || dir=$("$BIN" download --dataset flowers)
+  local b w
+  for b in lite0 lite1 lite2; do
+    w=$(ls .cache/weights/efficientnet-$b-*.pth 2>/dev/null | head -1)
+    [ -n "$w" ] || { bash tools/fetch-weights.sh "$b"; w=$(ls .cache/weights/efficientnet-$b-*.pth | head -1); }
+    run "flowers-$b" two-phase --data "$dir" --split 0.8,0.1,0.1 --backbone "efficientnet-$b" --weights "$w" \
+      --device "$DEVICE" --seed "$SEED" --precision "$PRECISION" --batch-size 32 --head-epochs "${HEAD_EPOCHS:-5}" --fine-epochs "${FINE_EPOCHS:-5}" --patience 3
+  done
+}
 common=(${data[@]+"${data[@]}"} --backbone efficientnet-lite0 --device "$DEVICE" --seed "$SEED" --precision "$PRECISION")
 run() {
   local name=$1$suffix; shift
@@ -46,6 +61,7 @@ for exp in "${@:-finetune scratch freeze two-phase}"; do
       finetune-hotdog-head) run lite0-finetune-hotdog-head finetune "${common[@]}" --weights "$W" --epochs 5 --head-init hotdog ;;
       scratch) run lite0-scratch scratch "${common[@]}" --epochs 5 ;;
       freeze) run lite0-freeze freeze "${common[@]}" --weights "$W" --epochs 5 ;;
+      flowers) flowers ;;
       two-phase) run lite0-two-phase two-phase "${common[@]}" --weights "$W" --head-epochs 10 --fine-epochs 10 --patience 3 ;;
       *) echo "unknown experiment $e" >&2; exit 2 ;;
     esac

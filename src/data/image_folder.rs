@@ -27,6 +27,8 @@ pub struct ImageFolder {
     pub images: Vec<Arc<RgbImage>>,
     pub labels: Vec<u32>,
     pub paths: Vec<PathBuf>,
+    /// SHA-256 of each image file's bytes (for [`super::duplicates`]).
+    pub digests: Vec<[u8; 32]>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -109,26 +111,28 @@ impl ImageFolder {
 
         let bar = ProgressBar::new(files.len() as u64).with_message(format!("decoding {}", root.display()));
         bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-        let decoded: Vec<Result<RgbImage, String>> = files
+        let decoded: Vec<Result<(RgbImage, [u8; 32]), String>> = files
             .par_iter()
             .map(|(p, _)| {
                 // Truncated JPEGs are refused here (the decoder alone would return grey).
-                let r = std::fs::read(p)
-                    .map_err(|e| format!("cannot read it: {e}"))
-                    .and_then(|bytes| super::decode::decode_bytes(&bytes, super::decode::DecodeLimits::default()).map_err(|e| e.to_string()));
+                let r = std::fs::read(p).map_err(|e| format!("cannot read it: {e}")).and_then(|bytes| {
+                    let img = super::decode::decode_bytes(&bytes, super::decode::DecodeLimits::default()).map_err(|e| e.to_string())?;
+                    Ok((img, <sha2::Sha256 as sha2::Digest>::digest(&bytes).into()))
+                });
                 bar.inc(1);
                 r
             })
             .collect();
         bar.finish_and_clear();
 
-        let mut ds = Self { root, classes: classes.to_vec(), images: vec![], labels: vec![], paths: vec![], skipped };
+        let mut ds = Self { root, classes: classes.to_vec(), images: vec![], labels: vec![], paths: vec![], digests: vec![], skipped };
         for ((path, label), img) in files.into_iter().zip(decoded) {
             match img {
-                Ok(img) => {
+                Ok((img, digest)) => {
                     ds.images.push(Arc::new(img));
                     ds.labels.push(label);
                     ds.paths.push(path);
+                    ds.digests.push(digest);
                 }
                 Err(e) => {
                     eprintln!("warning: skipping {}: {e}", path.display());
@@ -180,6 +184,7 @@ impl ImageFolder {
             images: indices.iter().map(|&i| self.images[i].clone()).collect(),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             paths: indices.iter().map(|&i| self.paths[i].clone()).collect(),
+            digests: indices.iter().map(|&i| self.digests[i]).collect(),
             skipped: vec![],
         }
     }

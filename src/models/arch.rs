@@ -20,6 +20,10 @@ pub enum Arch {
     ResNet50,
     #[serde(rename = "efficientnet-lite0")]
     EfficientNetLite0,
+    #[serde(rename = "efficientnet-lite1")]
+    EfficientNetLite1,
+    #[serde(rename = "efficientnet-lite2")]
+    EfficientNetLite2,
 }
 
 impl Choice for Arch {
@@ -28,11 +32,13 @@ impl Choice for Arch {
         Named { value: Arch::ResNet34, name: "resnet34", aliases: &["resnet-34"], help: "" },
         Named { value: Arch::ResNet50, name: "resnet50", aliases: &["resnet-50"], help: "" },
         Named { value: Arch::EfficientNetLite0, name: "efficientnet-lite0", aliases: &["efficientnet_lite0", "lite0"], help: "" },
+        Named { value: Arch::EfficientNetLite1, name: "efficientnet-lite1", aliases: &["efficientnet_lite1", "lite1"], help: "" },
+        Named { value: Arch::EfficientNetLite2, name: "efficientnet-lite2", aliases: &["efficientnet_lite2", "lite2"], help: "" },
     ];
 }
 
 impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50, Arch::EfficientNetLite0];
+    pub const ALL: [Arch; 6] = [Arch::ResNet18, Arch::ResNet34, Arch::ResNet50, Arch::EfficientNetLite0, Arch::EfficientNetLite1, Arch::EfficientNetLite2];
 
     /// Its canonical name ([`Choice::CHOICES`]).
     pub fn name(self) -> &'static str {
@@ -55,7 +61,27 @@ impl Arch {
             Arch::ResNet18 => Some(ResNetConfig::R18),
             Arch::ResNet34 => Some(ResNetConfig::R34),
             Arch::ResNet50 => Some(ResNetConfig::R50),
-            Arch::EfficientNetLite0 => None,
+            _ => None,
+        }
+    }
+
+    /// The EfficientNet-Lite member, for the Lite backbones.
+    pub fn lite(self) -> Option<efficientnet_lite::Variant> {
+        match self {
+            Arch::EfficientNetLite0 => Some(efficientnet_lite::Variant::Lite0),
+            Arch::EfficientNetLite1 => Some(efficientnet_lite::Variant::Lite1),
+            Arch::EfficientNetLite2 => Some(efficientnet_lite::Variant::Lite2),
+            _ => None,
+        }
+    }
+
+    /// The image size its ImageNet weights were trained at (the reference's
+    /// `efficientnet_lite_params`): 224, Lite1 240, Lite2 260. The default `--image-size`.
+    pub fn default_image_size(self) -> u32 {
+        match self {
+            Arch::EfficientNetLite1 => 240,
+            Arch::EfficientNetLite2 => 260,
+            _ => 224,
         }
     }
 
@@ -68,9 +94,9 @@ impl Arch {
 
     /// The classifier's tensor prefix in the reference checkpoints.
     pub fn head_prefix(self) -> &'static str {
-        match self {
-            Arch::EfficientNetLite0 => "_fc",
-            _ => "fc",
+        match self.lite() {
+            Some(_) => "_fc",
+            None => "fc",
         }
     }
 
@@ -83,14 +109,14 @@ impl Arch {
     /// [`FeatureExtractor`]); the last step, the global pooling, has none.
     pub fn steps(self) -> Vec<Vec<String>> {
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut steps = match self {
-            Arch::EfficientNetLite0 => {
+        let mut steps = match self.lite() {
+            Some(v) => {
                 let mut s = vec![names(&["_conv_stem", "_bn0"])];
-                s.extend((0..efficientnet_lite::NUM_BLOCKS).map(|i| vec![format!("_blocks.{i}")]));
+                s.extend((0..v.num_blocks()).map(|i| vec![format!("_blocks.{i}")]));
                 s.push(names(&["_conv_head", "_bn1"]));
                 s
             }
-            _ => vec![names(&["conv1", "bn1"]), names(&["layer1"]), names(&["layer2"]), names(&["layer3"]), names(&["layer4"])],
+            None => vec![names(&["conv1", "bn1"]), names(&["layer1"]), names(&["layer2"]), names(&["layer3"]), names(&["layer4"])],
         };
         steps.push(Vec::new());
         steps
@@ -100,8 +126,8 @@ impl Arch {
     pub fn block_of(self, name: &str) -> String {
         let mut parts = name.split('.');
         let first = parts.next().unwrap_or(name);
-        match (self, parts.next()) {
-            (Arch::EfficientNetLite0, Some(i)) if first == "_blocks" => format!("_blocks.{i}"),
+        match (self.lite(), parts.next()) {
+            (Some(_), Some(i)) if first == "_blocks" => format!("_blocks.{i}"),
             _ => first.to_string(),
         }
     }
@@ -109,34 +135,39 @@ impl Arch {
     /// Dropout before the classifier while training, as in the reference networks.
     pub fn default_dropout(self) -> f32 {
         match self {
-            Arch::EfficientNetLite0 => 0.2,
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite1 => 0.2,
+            Arch::EfficientNetLite2 => 0.3,
             _ => 0.0,
         }
     }
 
-    /// Where the Keras recipe's second phase starts unfreezing (roughly the top 30% of blocks).
+    /// Where the Keras recipe's second phase starts unfreezing (roughly the top 30% of blocks):
+    /// Lite0's `_blocks.11` of 16, Lite1's and Lite2's `_blocks.15` of 21 (the first block of
+    /// the same stage), ResNets' `layer4`.
     pub fn default_unfreeze_from(self) -> String {
-        match self {
-            Arch::EfficientNetLite0 => "_blocks.11".into(),
-            _ => "layer4".into(),
+        match self.lite() {
+            Some(v) if v.num_blocks() == 16 => "_blocks.11".into(),
+            Some(_) => "_blocks.15".into(),
+            None => "layer4".into(),
         }
     }
 
     /// The input preprocessing the pretrained weights expect (Keras-applications style: each
     /// backbone carries its own contract, so a swap changes one name).
     pub fn normalization(self) -> Normalization {
-        match self {
+        match self.lite() {
             // Decided by measurement: zero-shot on the 500 hot-dog test photos gives 0.894 with
             // [-1, 1] scaling (the TF-Lite original's contract) against 0.768 with ImageNet mean/std.
-            Arch::EfficientNetLite0 => Normalization::MinusOneOne,
-            _ => Normalization::imagenet(),
+            Some(_) => Normalization::MinusOneOne,
+            None => Normalization::imagenet(),
         }
     }
 
     pub fn build(self, b: &Builder) -> Result<Box<dyn FeatureExtractor>> {
-        Ok(match self.resnet_config() {
-            Some(cfg) => Box::new(ResNet::new(cfg, b)?),
-            None => Box::new(efficientnet_lite::EfficientNetLite0::new(b)?),
+        Ok(match (self.resnet_config(), self.lite()) {
+            (Some(cfg), _) => Box::new(ResNet::new(cfg, b)?),
+            (None, Some(v)) => Box::new(efficientnet_lite::EfficientNetLite::new(v, b)?),
+            (None, None) => candle_core::bail!("no network for backbone {self}"),
         })
     }
 }

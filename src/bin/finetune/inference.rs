@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
 use transfer_workbook::checkpoint::{default_weights, load_model, load_model_with_card, WeightsSource};
-use transfer_workbook::data::ImageFolder;
+use transfer_workbook::data::{ImageFolder, SplitSpec};
 use transfer_workbook::device_label;
 use transfer_workbook::models::Arch;
 use transfer_workbook::tasks::predict::report::Format;
@@ -26,7 +26,7 @@ pub struct PredictArgs {
     backbone: Option<Arch>,
     #[arg(long, default_value_t = 5, value_parser = COUNT)]
     top_k: usize,
-    /// Input size (default: the one in the model file, else 224).
+    /// Input size (default: the one in the model file, else the backbone's own: 224; efficientnet-lite1 240, efficientnet-lite2 260).
     #[arg(long, value_parser = IMAGE_SIZE)]
     image_size: Option<u32>,
     /// Images per forward pass.
@@ -74,12 +74,21 @@ pub struct EvaluateArgs {
     weights: String,
     #[command(flatten)]
     data: DataArgs,
+    /// A part of the data folder: its sub-folder (test, val, train), or, for an unsplit folder of
+    /// classes, fractions train,validation,test to cut it by (as the training's --split). A model
+    /// trained with --split records its cut: an unsplit DIR is then cut the same way unasked.
     #[arg(long, default_value = "test")]
     split: String,
+    /// Which part of a cut (--split fractions, or the model's recorded one) to evaluate.
+    #[arg(long, default_value = "test", value_parser = ["train", "val", "test"])]
+    part: String,
+    /// The seed of a --split given as fractions (default: the model's recorded cut's, else 0).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Needed when the weights file does not name it.
     #[arg(long, value_parser = choice::<Arch>())]
     backbone: Option<Arch>,
-    /// Default: the size stored in the model file (224 when it has none).
+    /// Default: the size stored in the model file (else the backbone's own).
     #[arg(long, value_parser = IMAGE_SIZE)]
     image_size: Option<u32>,
     #[arg(long, default_value_t = 64, value_parser = COUNT)]
@@ -95,14 +104,37 @@ pub struct EvaluateArgs {
 pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     crate::args::fits(a.batch_size, a.image_size.unwrap_or(224), false)?;
     let (model, card) = load_model_with_card(&WeightsSource::parse(&a.weights), a.backbone, &a.device.device, a.data.cache.hub().as_deref())?;
-    let image_size = a.image_size.unwrap_or(card.image_size_or_default());
+    let image_size = a.image_size.unwrap_or(card.image_size_for(model.arch));
     crate::args::batch_and_size(a.batch_size, image_size, false).with_context(|| format!("the image size of {}", a.weights))?;
     let dir = a.data.dir()?;
-    let ds = Arc::new(ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?);
-    eprintln!("{}", ds.summary());
+    // A cut of an unsplit folder: fractions given, or the model's own where DIR has no such sub-folder.
+    let cut = if a.split.contains(',') {
+        Some(SplitSpec::parse(&a.split, a.seed.or(card.split.map(|s| s.seed)).unwrap_or(0))?)
+    } else if !dir.join(&a.split).is_dir() && !dir.join("train").is_dir() {
+        card.split.map(|s| SplitSpec { seed: a.seed.unwrap_or(s.seed), ..s })
+    } else {
+        None
+    };
+    let (ds, name) = match cut {
+        Some(spec) => {
+            eprintln!("cutting {} by --split {}{}", dir.display(), spec.describe(), if a.split.contains(',') { "" } else { " (recorded in the model file)" });
+            let parts = transfer_workbook::tasks::experiment::load_parts(&dir, Some(&spec), None, spec.seed, None)?;
+            let ds = match a.part.as_str() {
+                "train" => parts.train,
+                "val" => parts.val.with_context(|| format!("--part val: the cut {} has no validation part", spec.describe()))?,
+                _ => parts.test,
+            };
+            (ds, a.part.clone())
+        }
+        None => {
+            let ds = ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?;
+            eprintln!("{}", ds.summary());
+            (Arc::new(ds), a.split.clone())
+        }
+    };
     let pipeline = Pipeline::d2l_test(image_size, card.normalization_for(model.arch));
-    let ev = transfer_workbook::tasks::evaluation::evaluate_split_with(&model, &ds, &a.split, &pipeline, a.batch_size)?;
-    let title = format!("{}: {} on {}", a.weights, model.arch, a.split);
+    let ev = transfer_workbook::tasks::evaluation::evaluate_split_with(&model, &ds, &name, &pipeline, a.batch_size)?;
+    let title = format!("{}: {} on {}", a.weights, model.arch, name);
     transfer_workbook::tasks::evaluation::write_report(&ev, &ds, &title, &a.out)?;
     eprintln!("wrote {}/{{metrics.json, confusion.png, top-losses.png}}", a.out.display());
     println!("{}", ev.metrics.table());
@@ -151,8 +183,9 @@ pub struct ZeroShotArgs {
     /// Override the backbone's preprocessing, to compare contracts.
     #[arg(long)]
     normalization: Option<Preprocessing>,
-    #[arg(long, default_value_t = 224, value_parser = IMAGE_SIZE)]
-    image_size: u32,
+    /// Default: the backbone's own (224; efficientnet-lite1 240, efficientnet-lite2 260).
+    #[arg(long, value_parser = IMAGE_SIZE)]
+    image_size: Option<u32>,
     #[arg(long, default_value_t = 50, value_parser = COUNT)]
     batch_size: usize,
     #[command(flatten)]
@@ -164,7 +197,8 @@ pub fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     let arch = a.backbone;
     let device = &a.device.device;
-    crate::args::fits(a.batch_size, a.image_size, false)?;
+    let image_size = a.image_size.unwrap_or(arch.default_image_size());
+    crate::args::fits(a.batch_size, image_size, false)?;
     let model = load_model(&args::weights_source(arch, &a.weights), Some(arch), device, a.data.cache.hub().as_deref())?;
     if model.num_classes() != 1000 {
         bail!("zero-shot needs ImageNet weights with their 1000-class head");
@@ -174,7 +208,7 @@ pub fn zero_shot(a: ZeroShotArgs) -> anyhow::Result<()> {
     eprintln!("{}", ds.summary());
     let positive = transfer_workbook::tasks::zero_shot::positive_class(&ds.classes, a.positive_class.as_deref())?;
     let norm = a.normalization.map(Normalization::from).unwrap_or(arch.normalization());
-    let pipeline = Pipeline::d2l_test(a.image_size, norm);
+    let pipeline = Pipeline::d2l_test(image_size, norm);
     let r = transfer_workbook::tasks::zero_shot::zero_shot(&model, &ds, &pipeline, positive, a.batch_size)?;
     eprintln!("{} images, positive class '{}', class 934 = '{}', normalization {norm:?}", r.images, ds.classes[positive], model.class_names[934]);
     println!("top-5 test acc {:.3}", r.top5_acc);

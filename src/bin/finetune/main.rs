@@ -45,7 +45,7 @@ enum Command {
     ZeroShot(inference::ZeroShotArgs),
     /// Time training steps and inference on random data (img/s), optionally a real epoch on photos.
     Bench(tools::BenchArgs),
-    /// Download and unpack the d2l hot-dog data set (SHA-1 checked; $WORKBOOK_HOTDOG_URL overrides the URL).
+    /// Download and unpack a data set: d2l's hot dogs (SHA-1 checked; $WORKBOOK_HOTDOG_URL overrides the URL) or TensorFlow's flowers (--dataset flowers: size and SHA-256 checked; $WORKBOOK_FLOWERS_URL).
     Download(tools::DownloadArgs),
     /// Serve a saved model over HTTP: a SeeFood page at /, POST /predict, GET /model, GET /health.
     #[cfg(feature = "serve")]

@@ -121,7 +121,7 @@ impl ServeArgs {
         let source = WeightsSource::parse(&self.weights);
         let (model, card) = load_model_with_card(&source, self.backbone, device, self.cache.hub().as_deref())?;
         // The file's image size decides every request's allocation: check it like a flag.
-        crate::args::batch_and_size(self.max_batch, card.image_size_or_default(), false).with_context(|| format!("the image size stored in {}", self.weights))?;
+        crate::args::batch_and_size(self.max_batch, card.image_size_for(model.arch), false).with_context(|| format!("the image size stored in {}", self.weights))?;
         let config = self.config(!device.is_cpu());
         transfer_workbook::serve::run(model, &card, config)
     }

@@ -72,8 +72,9 @@ pub struct BenchArgs {
     backbone: Vec<Arch>,
     #[arg(long, default_value_t = 32, value_parser = COUNT)]
     batch_size: usize,
-    #[arg(long, default_value_t = 224, value_parser = IMAGE_SIZE)]
-    image_size: u32,
+    /// Image size in pixels (default: each backbone's own, 224; efficientnet-lite1 240, efficientnet-lite2 260).
+    #[arg(long, value_parser = IMAGE_SIZE)]
+    image_size: Option<u32>,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     #[arg(long, default_value_t = 3)]
@@ -107,7 +108,9 @@ fn append_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow:
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let (device, mut kernels) = a.compute.resolve()?;
     kernels.candle_depthwise = a.candle_depthwise;
-    crate::args::fits(a.batch_size, a.image_size, true)?;
+    for &arch in &a.backbone {
+        crate::args::fits(a.batch_size, a.image_size.unwrap_or(arch.default_image_size()), true)?;
+    }
     if a.steps == 0 && a.data.is_none() {
         bail!("--steps 0 times no training step: give --steps N, or --data DIR to time only an epoch on photos");
     }
@@ -117,7 +120,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     println!("{:<20} {:>8} {:>6} {:>6} {:>12} {:>10} {:>12}", "backbone", "device", "batch", "size", "train img/s", "step ms", "infer img/s");
     // `--steps 0`: only the epoch on real photos (with --data).
     for &arch in a.backbone.iter().filter(|_| a.steps > 0) {
-        let c = BenchConfig { batch_size: a.batch_size, image_size: a.image_size, freeze: a.freeze.clone(), kernels, warmup: a.warmup, steps: a.steps };
+        let c = BenchConfig { batch_size: a.batch_size, image_size: a.image_size.unwrap_or(arch.default_image_size()), freeze: a.freeze.clone(), kernels, warmup: a.warmup, steps: a.steps };
         let r = transfer_workbook::tasks::bench::bench_model(arch, &device, &c)?;
         println!(
             "{:<20} {:>8} {:>6} {:>6} {:>12.1} {:>10.0} {:>12.1}",
@@ -127,7 +130,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = &a.data {
         for &arch in &a.backbone {
-            let r = transfer_workbook::tasks::bench::bench_epoch(arch, &device, kernels, dir, a.batch_size, a.image_size)?;
+            let r = transfer_workbook::tasks::bench::bench_epoch(arch, &device, kernels, dir, a.batch_size, a.image_size.unwrap_or(arch.default_image_size()))?;
             println!(
                 "{:<20} epoch on {}: decode {:.1} s, augment + train {:.1} s for {} photos ({:.1} img/s)",
                 r.backbone,
@@ -146,12 +149,20 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 #[command(after_help = args::ENVIRONMENT)]
 pub struct DownloadArgs {
+    /// hotdog: d2l's hotdog.zip (train/ and test/); flowers: TensorFlow's flower_photos.tgz
+    /// (5 classes, unsplit: train on it with --split 0.8,0.1,0.1).
+    #[arg(long, default_value = "hotdog", value_parser = ["hotdog", "flowers"])]
+    dataset: String,
     #[command(flatten)]
     cache: CacheArgs,
 }
 
-/// d2l's hotdog.zip into the cache; prints the data folder.
+/// A data set into the cache (checked, then unpacked); prints its folder.
 pub fn download(a: DownloadArgs) -> anyhow::Result<()> {
-    println!("{}", hotdog(&a.cache.data())?.display());
+    let dir = match a.dataset.as_str() {
+        "flowers" => transfer_workbook::data::flowers(&a.cache.data()).context("getting TensorFlow's flower photos")?,
+        _ => hotdog(&a.cache.data())?,
+    };
+    println!("{}", dir.display());
     Ok(())
 }

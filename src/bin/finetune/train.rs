@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
-use transfer_workbook::data::ImageFolder;
+use transfer_workbook::data::SplitSpec;
 use transfer_workbook::models::{Arch, BnMode, Freeze, HeadInit, ModelOptions};
 use transfer_workbook::train::limits;
 use transfer_workbook::train::{recipes, EarlyStopping, OptimizerKind, PhaseConfig, Reduction, Schedule};
@@ -86,8 +86,9 @@ pub struct RunArgs {
     weights: Option<String>,
     #[arg(long, default_value_t = 128, value_parser = COUNT)]
     batch_size: usize,
-    #[arg(long, default_value_t = 224, value_parser = IMAGE_SIZE)]
-    image_size: u32,
+    /// Training and test crop size in pixels (default: the backbone's own, 224; efficientnet-lite1 240, efficientnet-lite2 260).
+    #[arg(long, value_parser = IMAGE_SIZE)]
+    image_size: Option<u32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -112,22 +113,38 @@ pub struct RunArgs {
     /// stopping and the kept epoch look at validation, never at test.
     #[arg(long)]
     val_split: Option<f64>,
+    /// Cut an unsplit folder of classes (DIR/<class>/*, like TensorFlow's flower_photos) into
+    /// train,validation,test by these fractions, each class shuffled with --seed (e.g.
+    /// 0.8,0.1,0.1; two values: train,test). Recorded with the run and in the model file, so
+    /// --resume and `evaluate` cut the same way.
+    #[arg(long)]
+    split: Option<String>,
 }
 
 impl RunArgs {
+    /// `--image-size`, or the backbone's own.
+    fn image_size(&self) -> u32 {
+        self.image_size.unwrap_or(self.backbone.default_image_size())
+    }
+
+    /// `--split`, with `--seed`.
+    fn split(&self) -> anyhow::Result<Option<SplitSpec>> {
+        self.split.as_deref().map(|s| SplitSpec::parse(s, self.seed)).transpose()
+    }
+
     /// The experiment of `command` over `phases`: every setting checked, the data found.
     fn experiment(&self, command: &str, init: ModelInit, phases: Vec<PhaseConfig>, augment: Augment) -> anyhow::Result<Experiment> {
         let arch = self.backbone;
         let (device, kernels) = self.compute.resolve()?;
-        crate::args::fits(self.batch_size, self.image_size, true)?;
+        crate::args::fits(self.batch_size, self.image_size(), true)?;
         Ok(Experiment {
-            title: format!("{command}: {arch}, {}px{}", self.image_size, self.compute.note()),
+            title: format!("{command}: {arch}, {}px{}", self.image_size(), self.compute.note()),
             data: self.data.dir()?,
             arch,
             init,
             phases,
             batch_size: self.batch_size,
-            image_size: self.image_size,
+            image_size: self.image_size(),
             augment,
             seed: self.seed,
             device,
@@ -139,6 +156,7 @@ impl RunArgs {
             cache_dir: self.data.cache.hub(),
             head_init: HeadInit::Xavier,
             val_split: self.val_split,
+            split: self.split()?,
             kernels,
         })
     }
@@ -318,9 +336,9 @@ pub fn two_phase(a: TwoPhaseArgs) -> anyhow::Result<()> {
     phases[1].freeze.predicate(arch)?;
     let init = Recipe::KerasHead.init(arch, &a.run.weights);
     let mut exp = a.run.experiment("two-phase", init, phases, Augment::Keras)?;
-    // Phase 2's early stopping needs validation: 20% of train unless DIR/val exists (the
-    // Keras lesson also validates on a split of its own).
-    if exp.val_split.is_none() && !exp.data.join("val").is_dir() {
+    // Phase 2's early stopping needs validation: 20% of train unless DIR/val exists or
+    // --split cuts one (the Keras lesson also validates on a split of its own).
+    if exp.split.is_none() && exp.val_split.is_none() && !exp.data.join("val").is_dir() {
         exp.val_split = Some(0.2);
     }
     a.run.run(exp)
@@ -349,7 +367,7 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     use transfer_workbook::train::{lr_find, LrFindConfig};
     let c = &a.run;
     let arch = c.backbone;
-    crate::args::fits(c.batch_size, c.image_size, true)?;
+    crate::args::fits(c.batch_size, c.image_size(), true)?;
     if a.steps < 5 {
         bail!("--steps must be at least 5 (got {})", a.steps);
     }
@@ -363,23 +381,15 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let init = a.recipe.init(arch, &c.weights);
     let (device, kernels) = c.compute.resolve()?;
     let dir = c.data.dir()?;
-    let train_dir = dir.join("train");
-    transfer_workbook::tasks::experiment::check_validation_source(&dir, c.val_split)?;
-    let train = ImageFolder::load_limited(&train_dir, &transfer_workbook::data::image_folder::class_folders(&train_dir)?, c.limit_per_class)?;
-    eprintln!("{}", train.summary());
-    // The sweep runs on the photos training would train on: without the ones --val-split holds out.
-    let train = match c.val_split {
-        Some(f) => {
-            let (t, v) = transfer_workbook::data::carve_validation(&train, f, c.seed)?;
-            eprintln!("validation: {} photos held out of train (--val-split {}, seed {}), the sweep runs on the {} left", v.len(), transfer_workbook::util::paths::number(f), c.seed, t.len());
-            t
-        }
-        None => train,
-    };
+    // The sweep runs on the photos training would train on: without the ones --val-split or
+    // --split hold out.
+    let train = transfer_workbook::tasks::experiment::load_parts(&dir, c.split()?.as_ref(), c.val_split, c.seed, c.limit_per_class)?.train;
+    eprintln!("the sweep runs on the {} training photos", train.len());
+    let train = (*train).clone();
     let opts = ModelOptions { seed: c.seed, kernels, ..ModelOptions::new(arch, train.classes.clone()) };
     let model = transfer_workbook::tasks::experiment::build_model(&opts, &init, &device, c.data.cache.hub().as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
     let norm = arch.normalization();
-    let pipeline = if a.recipe == Recipe::KerasHead { Pipeline::keras_train(c.image_size, norm) } else { Pipeline::d2l_train(c.image_size, norm) };
+    let pipeline = if a.recipe == Recipe::KerasHead { Pipeline::keras_train(c.image_size(), norm) } else { Pipeline::d2l_train(c.image_size(), norm) };
     let cfg = LrFindConfig {
         start_lr: a.start_lr,
         end_lr: a.end_lr,
@@ -400,7 +410,7 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     eprintln!();
     let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join("lr-find"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let title = format!("lr finder: {arch}, {name}, {}px, batch {}", c.image_size, c.batch_size);
+    let title = format!("lr finder: {arch}, {name}, {}px, batch {}", c.image_size(), c.batch_size);
     transfer_workbook::plot::save_lr_find(&r, &title, &out.join("lr-find.png"))?;
     let json = out.join("lr-find.json");
     std::fs::write(&json, serde_json::to_string_pretty(&r)?).with_context(|| format!("writing {}", json.display()))?;

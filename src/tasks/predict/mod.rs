@@ -36,7 +36,7 @@ impl Preprocess {
     /// What the model file says it was trained with (its [`ModelCard`]), else 224 px and the
     /// backbone's own normalization.
     pub fn from_card(model: &Classifier, card: &ModelCard) -> Self {
-        Self { image_size: card.image_size_or_default(), normalization: card.normalization_for(model.arch) }
+        Self { image_size: card.image_size_for(model.arch), normalization: card.normalization_for(model.arch) }
     }
 
     pub fn pipeline(&self) -> Pipeline {
