@@ -300,3 +300,57 @@ fn the_cli_downloads_the_flowers_from_the_url_it_is_given() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("WORKBOOK_FLOWERS_URL") && e.contains("sha256=<64 hex digits>"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The CLI: a run on an unsplit folder, then evaluate, predict and --resume on the same cut
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_finetune")).args(args).env("RUST_BACKTRACE", "0").output().unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// `scratch --split` records the cut: `evaluate` on the same unsplit folder scores the same test
+/// photos (the same accuracy and confusion matrix as the run's metrics.json), `predict --part
+/// test` predicts exactly the cut's test photos, and `--resume` with another cut is refused.
+#[test]
+fn a_run_with_split_records_its_cut_for_evaluate_predict_and_resume() {
+    let data = tempfile::tempdir().unwrap();
+    unsplit(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let (d, o) = (data.path().to_str().unwrap(), out.path().to_str().unwrap());
+    let train = |split: &str, extra: &[&str]| {
+        let mut a = vec!["scratch", "--data", d, "--split", split, "--seed", "4", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--out", o, "--quiet"];
+        a.extend_from_slice(extra);
+        cli(&a)
+    };
+    let (ok, text) = train("0.6,0.2,0.2", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("--split 0.6,0.2,0.2 (seed 4): 36 train, 12 validation, 12 test photos"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("data.json")).unwrap()).unwrap();
+    assert_eq!(json["split"]["seed"], 4);
+    assert_eq!(json["parts"]["test"]["photos"], 12);
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap()).unwrap();
+    let model = out.path().join("model.safetensors");
+    let m = model.to_str().unwrap();
+    let eval_out = tempfile::tempdir().unwrap();
+    let (ok, text) = cli(&["evaluate", "--weights", m, "--data", d, "--out", eval_out.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("recorded in the model file"), "{text}");
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(eval_out.path().join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(again["accuracy"], metrics["accuracy"], "evaluate scored other photos than the run's test part");
+    assert_eq!(again["confusion"], metrics["confusion"]);
+    assert_eq!(again["images"], 12);
+    // predict --part test: the 12 test photos, each once.
+    let (ok, text) = cli(&["predict", "--weights", m, "--part", "test", d, "--format", "csv"]);
+    assert!(ok, "{text}");
+    let parts = load_parts(data.path(), Some(&SplitSpec::parse("0.6,0.2,0.2", 4).unwrap()), None, 0, None).unwrap();
+    for p in &parts.test.paths {
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        let class = p.parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
+        assert!(text.contains(&format!("{class}/{name}")), "{class}/{name} not predicted:\n{text}");
+    }
+    assert!(text.contains("predicted 12 images"), "{text}");
+    // Resuming with another cut is refused: its training photos differ (the run's data fingerprint).
+    let (ok, text) = train("0.4,0.3,0.3", &["--resume"]);
+    assert!(!ok && text.contains("--resume") && text.contains("training or validation photos"), "{text}");
+}

@@ -34,6 +34,10 @@ pub struct PredictArgs {
     batch_size: usize,
     #[arg(long, default_value = "text", value_parser = choice::<Format>())]
     format: Format,
+    /// Predict one part (train, val or test) of the unsplit folder given as the one input, cut
+    /// as the model's training cut it (its recorded --split).
+    #[arg(long, value_parser = ["train", "val", "test"])]
+    part: Option<String>,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -52,7 +56,25 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         (None, None) => bail!("pass --weights (a trained model.safetensors or pretrained weights) or --backbone"),
     };
     let (model, card) = load_model_with_card(&source, a.backbone, &a.device.device, a.cache.hub().as_deref())?;
-    let paths = expand_inputs(&a.images)?;
+    let paths = match &a.part {
+        None => expand_inputs(&a.images)?,
+        Some(part) => {
+            let Some(spec) = card.split else {
+                bail!("--part {part}: {} records no --split (it was not trained on a cut of an unsplit folder)", source.describe());
+            };
+            let [dir] = a.images.as_slice() else {
+                bail!("--part {part} takes one input, the unsplit folder the model was trained on ({} given)", a.images.len());
+            };
+            let parts = transfer_workbook::tasks::experiment::load_parts(std::path::Path::new(dir), Some(&spec), None, spec.seed, None)?;
+            let ds = match part.as_str() {
+                "train" => parts.train,
+                "val" => parts.val.with_context(|| format!("--part val: the cut {} has no validation part", spec.describe()))?,
+                _ => parts.test,
+            };
+            eprintln!("--part {part} of --split {} (recorded in the model file): {} photos", spec.describe(), ds.len());
+            ds.paths.clone()
+        }
+    };
     let mut pre = Preprocess::from_card(&model, &card);
     pre.image_size = a.image_size.unwrap_or(pre.image_size);
     crate::args::batch_and_size(a.batch_size, pre.image_size, false)?;
