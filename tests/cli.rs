@@ -169,7 +169,8 @@ fn lr_find_holds_out_the_validation_split() {
     let r = finetune(&[&args[..], &["--val-split", "0.25"]].concat());
     let t = text(&r);
     assert!(r.status.success(), "{t}");
-    assert!(t.contains("validation: 4 photos held out of train (--val-split 0.25, seed 0), the sweep runs on the 12 left"), "{t}");
+    assert!(t.contains("validation: 4 photos held out of train (0.25 of each class, seed 0), 12 left to train on"), "{t}");
+    assert!(t.contains("the sweep runs on the 12 training photos"), "{t}");
     std::fs::create_dir_all(data.path().join("val")).unwrap();
     let r = finetune(&[&args[..], &["--val-split", "0.25"]].concat());
     let t = text(&r);
