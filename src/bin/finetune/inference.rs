@@ -65,12 +65,7 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
             let [dir] = a.images.as_slice() else {
                 bail!("--part {part} takes one input, the unsplit folder the model was trained on ({} given)", a.images.len());
             };
-            let parts = transfer_workbook::tasks::experiment::load_parts(std::path::Path::new(dir), Some(&spec), None, spec.seed, None)?;
-            let ds = match part.as_str() {
-                "train" => parts.train,
-                "val" => parts.val.with_context(|| format!("--part val: the cut {} has no validation part", spec.describe()))?,
-                _ => parts.test,
-            };
+            let ds = load_part(std::path::Path::new(dir), &spec, part)?;
             eprintln!("--part {part} of --split {} (recorded in the model file): {} photos", spec.describe(), ds.len());
             ds.paths.clone()
         }
@@ -87,6 +82,16 @@ pub fn predict(a: PredictArgs) -> anyhow::Result<()> {
         bail!("none of the {} files could be read as an image", paths.len());
     }
     Ok(())
+}
+
+/// One part (`train`, `val` or `test`, as `--part` takes them) of the unsplit folder `dir` cut by `spec`.
+fn load_part(dir: &std::path::Path, spec: &SplitSpec, part: &str) -> anyhow::Result<Arc<ImageFolder>> {
+    let parts = transfer_workbook::tasks::experiment::load_parts(dir, Some(spec), None, spec.seed, None)?;
+    Ok(match part {
+        "train" => parts.train,
+        "val" => parts.val.with_context(|| format!("--part val: the cut {} has no validation part", spec.describe()))?,
+        _ => parts.test,
+    })
 }
 
 #[derive(Args)]
@@ -140,13 +145,7 @@ pub fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let (ds, name) = match cut {
         Some(spec) => {
             eprintln!("cutting {} by --split {}{}", dir.display(), spec.describe(), if a.split.contains(',') { "" } else { " (recorded in the model file)" });
-            let parts = transfer_workbook::tasks::experiment::load_parts(&dir, Some(&spec), None, spec.seed, None)?;
-            let ds = match a.part.as_str() {
-                "train" => parts.train,
-                "val" => parts.val.with_context(|| format!("--part val: the cut {} has no validation part", spec.describe()))?,
-                _ => parts.test,
-            };
-            (ds, a.part.clone())
+            (load_part(&dir, &spec, &a.part)?, a.part.clone())
         }
         None => {
             let ds = ImageFolder::load_classes(dir.join(&a.split), &model.class_names).with_context(|| format!("loading the '{}' split of {}", a.split, dir.display()))?;

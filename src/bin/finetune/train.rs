@@ -385,7 +385,6 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     // --split hold out.
     let train = transfer_workbook::tasks::experiment::load_parts(&dir, c.split()?.as_ref(), c.val_split, c.seed, c.limit_per_class)?.train;
     eprintln!("the sweep runs on the {} training photos", train.len());
-    let train = (*train).clone();
     let opts = ModelOptions { seed: c.seed, kernels, ..ModelOptions::new(arch, train.classes.clone()) };
     let model = transfer_workbook::tasks::experiment::build_model(&opts, &init, &device, c.data.cache.hub().as_deref())?.rebuild(phase.freeze.clone(), phase.bn_mode)?;
     let norm = arch.normalization();
@@ -406,7 +405,7 @@ pub fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     if steps < 20 {
         eprintln!("warning: only {steps} steps in one pass at --batch-size {}: pass a smaller --batch-size for a finer curve", c.batch_size);
     }
-    let r = lr_find(&model, Arc::new(train), Arc::new(pipeline), &cfg)?;
+    let r = lr_find(&model, train, Arc::new(pipeline), &cfg)?;
     eprintln!();
     let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join("lr-find"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
